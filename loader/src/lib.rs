@@ -1,0 +1,5 @@
+//! Read ImageNet-style datasets in place, decode, augment and batch them in parallel, without libtorch.
+
+mod error;
+
+pub use error::{Error, Result};
