@@ -12,9 +12,23 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys did not report its libtorch lib dir; no rpath set");
+        println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_VERSION=unknown");
+        println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_LIB=unknown");
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}:$ORIGIN");
+    // torch's Python package keeps its version beside lib/; a plain libtorch zip has build-version.
+    let root = Path::new(&lib).parent().unwrap_or(Path::new(&lib));
+    let version = std::fs::read_to_string(root.join("version.py"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_owned()))
+        })
+        .or_else(|| std::fs::read_to_string(root.join("build-version")).ok().map(|s| s.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_LIB={lib}");
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every check the project has: formatting, lints (warnings are errors), and all tests of all crates.
+# This is the README's test command and exactly what CI (.ci/run) runs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# libtorch 2.11.0 for the trainer (installed once into a per-user cache), and the PIL/torchvision
+# references that the loader's parity tests compare against.
+. scripts/libtorch-env.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
