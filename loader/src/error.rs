@@ -16,6 +16,15 @@ pub enum Error {
     /// A sample could not be decoded. `sample` is its full name: a path, or `archive › inner tar › member`.
     #[error("{sample}: {reason}")]
     Decode { sample: String, reason: String },
+    /// More bad samples than the policy allows (`BadSamples::Skip` caps).
+    #[error("too many bad samples (limit {limit}); the last: {last}")]
+    TooManyBadSamples { limit: usize, last: String },
+    /// A worker thread panicked while filling a batch: a bug, reported instead of hanging.
+    #[error("a loader worker panicked while filling batch {batch}: {message}")]
+    WorkerPanic { batch: usize, message: String },
+    /// The epoch was dropped or failed while this work was pending.
+    #[error("cancelled")]
+    Cancelled,
     /// A configuration value is out of range or inconsistent. `what` names the setting.
     #[error("invalid {what}: {reason}")]
     Config { what: &'static str, reason: String },
