@@ -14,8 +14,12 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A sample could not be decoded. `sample` is its full name: a path, or `archive › inner tar › member`.
-    #[error("{sample}: {reason}")]
-    Decode { sample: String, reason: String },
+    #[error("{sample}: {source}")]
+    Decode {
+        sample: String,
+        #[source]
+        source: crate::decode::DecodeError,
+    },
     /// A configuration value is out of range or inconsistent. `what` names the setting.
     #[error("invalid {what}: {reason}")]
     Config { what: &'static str, reason: String },
