@@ -31,7 +31,9 @@ pub struct DecodeOptions {
 impl Default for DecodeOptions {
     fn default() -> Self {
         // The largest ImageNet training image has ~ 40 Mpx; 100 Mpx is 300 MB of RGB.
-        DecodeOptions { max_pixels: 100_000_000 }
+        DecodeOptions {
+            max_pixels: 100_000_000,
+        }
     }
 }
 
@@ -113,13 +115,21 @@ pub enum DecodeError {
         "image is {width}x{height} = {} pixels, over the limit of {max_pixels}",
         u64::from(*width) * u64::from(*height)
     )]
-    TooLarge { width: u32, height: u32, max_pixels: u64 },
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     /// The data ends before the image does (for JPEG: no end-of-image marker after the scans).
     #[error("truncated {format} file: the data ends before the image does")]
     Truncated { format: ImageFormat },
     /// A header is malformed; `offset` is the byte position where it went wrong.
     #[error("malformed {format} header at byte {offset}: {reason}")]
-    Malformed { format: ImageFormat, offset: usize, reason: &'static str },
+    Malformed {
+        format: ImageFormat,
+        offset: usize,
+        reason: &'static str,
+    },
     /// A valid file using a feature this decoder (and, mostly, PIL) does not handle.
     #[error("unsupported {format} variant: {what}")]
     Unsupported { format: ImageFormat, what: String },
@@ -148,7 +158,13 @@ impl fmt::Display for Magic<'_> {
             let text: String = self
                 .0
                 .iter()
-                .map(|&b| if b.is_ascii_whitespace() { ' ' } else { char::from(b) })
+                .map(|&b| {
+                    if b.is_ascii_whitespace() {
+                        ' '
+                    } else {
+                        char::from(b)
+                    }
+                })
                 .collect();
             write!(f, " (looks like text: {text:?})")?;
         }
@@ -182,7 +198,9 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
             Some(b"heic") | Some(b"heix") | Some(b"mif1") | Some(b"msf1") => Some("HEIF"),
             _ => None,
         }
-    } else if bytes.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n") || bytes.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+    } else if bytes.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n")
+        || bytes.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
+    {
         Some("JPEG 2000")
     } else if bytes.starts_with(&[0xFF, 0x0A]) || bytes.starts_with(b"\0\0\0\x0cJXL \r\n\x87\n") {
         Some("JPEG XL")
@@ -193,7 +211,9 @@ fn sniff(bytes: &[u8]) -> Result<ImageFormat, DecodeError> {
     };
     Err(match other {
         Some(format) => DecodeError::UnsupportedFormat { format },
-        None => DecodeError::UnknownFormat { magic: bytes[..bytes.len().min(16)].to_vec() },
+        None => DecodeError::UnknownFormat {
+            magic: bytes[..bytes.len().min(16)].to_vec(),
+        },
     })
 }
 
@@ -203,7 +223,11 @@ fn check_size(width: u32, height: u32, options: &DecodeOptions) -> Result<usize,
     // pixel); refuse rather than overflow.
     let fits = usize::try_from(pixels * 4).is_ok();
     if pixels > options.max_pixels || !fits {
-        return Err(DecodeError::TooLarge { width, height, max_pixels: options.max_pixels });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            max_pixels: options.max_pixels,
+        });
     }
     Ok(pixels as usize)
 }
@@ -229,7 +253,11 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(options: DecodeOptions) -> Self {
-        Decoder { options, rgb: Vec::new(), scratch: Vec::new() }
+        Decoder {
+            options,
+            rgb: Vec::new(),
+            scratch: Vec::new(),
+        }
     }
 
     pub fn options(&self) -> &DecodeOptions {
@@ -257,7 +285,11 @@ impl Decoder {
             }
         };
         let len = width as usize * height as usize * 3;
-        Ok(Image { width, height, pixels: &self.rgb[..len] })
+        Ok(Image {
+            width,
+            height,
+            pixels: &self.rgb[..len],
+        })
     }
 }
 

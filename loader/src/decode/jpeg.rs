@@ -27,19 +27,31 @@ pub(super) struct Header {
     components: u8,
     color: ColorSpace,
     progressive: bool,
+    /// How zune will read the components; differs from `color` only for three components that
+    /// zune takes for RGB and libjpeg for YCbCr.
+    zune_color: ZColorSpace,
     /// Offset of the first SOS marker.
     scan_start: usize,
 }
 
 fn malformed(offset: usize, reason: &'static str) -> DecodeError {
-    DecodeError::Malformed { format: ImageFormat::Jpeg, offset, reason }
+    DecodeError::Malformed {
+        format: ImageFormat::Jpeg,
+        offset,
+        reason,
+    }
 }
 
 fn unsupported(what: impl Into<String>) -> DecodeError {
-    DecodeError::Unsupported { format: ImageFormat::Jpeg, what: what.into() }
+    DecodeError::Unsupported {
+        format: ImageFormat::Jpeg,
+        what: what.into(),
+    }
 }
 
-const TRUNCATED: DecodeError = DecodeError::Truncated { format: ImageFormat::Jpeg };
+const TRUNCATED: DecodeError = DecodeError::Truncated {
+    format: ImageFormat::Jpeg,
+};
 
 impl Header {
     /// Walks the segments from SOI to the first SOS. `bytes` starts with `FF D8`.
@@ -47,6 +59,7 @@ impl Header {
         let mut pos = 2;
         let mut frame: Option<(u16, u16, u8, bool, [u8; 3])> = None;
         let mut adobe_transform = None;
+        let mut jfif = false;
         loop {
             // libjpeg and PIL step over junk between segments; so do we, and leave zune's strict
             // mode to judge how much junk is too much.
@@ -93,7 +106,10 @@ impl Header {
                     let width = u16::from_be_bytes([segment[3], segment[4]]);
                     let components = segment[5];
                     if segment.len() < 6 + 3 * usize::from(components) {
-                        return Err(malformed(marker_at, "frame header too short for its components"));
+                        return Err(malformed(
+                            marker_at,
+                            "frame header too short for its components",
+                        ));
                     }
                     if width == 0 || height == 0 {
                         return Err(unsupported("zero width or height (DNL-defined height)"));
@@ -118,19 +134,40 @@ impl Header {
                 0xEE if segment.len() >= 12 && segment.starts_with(b"Adobe") => {
                     adobe_transform = Some(segment[11]);
                 }
+                0xE0 if segment.starts_with(b"JFIF\0") => jfif = true,
                 0xDA => {
                     let Some((width, height, components, progressive, ids)) = frame else {
                         return Err(malformed(marker_at, "scan before frame header"));
                     };
-                    // The same reading zune makes (and libjpeg, but for an Adobe transform 1
-                    // on four components, which zune would misread and the decode refuses).
-                    let color = match components {
-                        1 => ColorSpace::Gray,
-                        3 if adobe_transform == Some(0) || ids == *b"RGB" => ColorSpace::Rgb,
-                        3 => ColorSpace::YCbCr,
-                        _ if adobe_transform == Some(2) => ColorSpace::Ycck,
-                        _ if adobe_transform.is_none_or(|t| t == 0) => ColorSpace::Cmyk,
-                        _ => return Err(unsupported("four components with Adobe transform 1")),
+                    // libjpeg-turbo's reading (so PIL's): JFIF means YCbCr, else the Adobe
+                    // transform decides, else component ids `R`,`G`,`B` mean RGB. zune ignores
+                    // JFIF and lets the ids override Adobe; `decode` fixes up the difference.
+                    let rgb_ids = ids == *b"RGB";
+                    let (color, zune_color) = match (components, adobe_transform) {
+                        (1, _) => (ColorSpace::Gray, ZColorSpace::Luma),
+                        (3, adobe) => {
+                            let zune_rgb = adobe == Some(0) || rgb_ids;
+                            let libjpeg_rgb =
+                                !jfif && (adobe == Some(0) || (adobe.is_none() && rgb_ids));
+                            let zune_color = if zune_rgb {
+                                ZColorSpace::RGB
+                            } else {
+                                ZColorSpace::YCbCr
+                            };
+                            let color = if libjpeg_rgb {
+                                ColorSpace::Rgb
+                            } else {
+                                ColorSpace::YCbCr
+                            };
+                            (color, zune_color)
+                        }
+                        (_, Some(2)) => (ColorSpace::Ycck, ZColorSpace::YCCK),
+                        (_, None | Some(0)) => (ColorSpace::Cmyk, ZColorSpace::CMYK),
+                        (_, Some(t)) => {
+                            return Err(unsupported(format!(
+                                "four components with Adobe transform {t}"
+                            )));
+                        }
                     };
                     return Ok(Header {
                         width,
@@ -138,6 +175,7 @@ impl Header {
                         components,
                         color,
                         progressive,
+                        zune_color,
                         scan_start: marker_at,
                     });
                 }
@@ -172,7 +210,10 @@ impl Header {
     /// EOI. Searched from the end: for a whole file it is the last two bytes, or just before
     /// trailing padding.
     fn has_eoi(&self, bytes: &[u8]) -> bool {
-        bytes[self.scan_start..].windows(2).rev().any(|w| w == [0xFF, 0xD9])
+        bytes[self.scan_start..]
+            .windows(2)
+            .rev()
+            .any(|w| w == [0xFF, 0xD9])
     }
 }
 
@@ -196,12 +237,10 @@ pub(super) fn decode(
     if !header.has_eoi(bytes) {
         return Err(TRUNCATED);
     }
-    let (expected, out) = match header.color {
-        ColorSpace::Gray => (ZColorSpace::Luma, ZColorSpace::RGB),
-        ColorSpace::Rgb => (ZColorSpace::RGB, ZColorSpace::RGB),
-        ColorSpace::Cmyk => (ZColorSpace::CMYK, ZColorSpace::CMYK),
-        ColorSpace::Ycck => (ZColorSpace::YCCK, ZColorSpace::YCCK),
-        _ => (ZColorSpace::YCbCr, ZColorSpace::RGB),
+    let expected = header.zune_color;
+    let out = match expected {
+        ZColorSpace::CMYK | ZColorSpace::YCCK => expected,
+        _ => ZColorSpace::RGB,
     };
     let options = DecoderOptions::new_fast()
         .set_strict_mode(true)
@@ -212,7 +251,14 @@ pub(super) fn decode(
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
     decoder.decode_headers().map_err(map_error)?;
     // The conversion below trusts our reading of the colour layout; zune must have made the same.
-    if decoder.input_colorspace() != Some(expected) {
+    // With three components zune still holds the Adobe reading here and settles it when decoding
+    // starts (transform 0 -> RGB, 2 -> YCbCr); compare the settled value.
+    let read = match decoder.input_colorspace() {
+        Some(ZColorSpace::CMYK) if header.components == 3 => Some(ZColorSpace::RGB),
+        Some(ZColorSpace::YCCK) if header.components == 3 => Some(ZColorSpace::YCbCr),
+        other => other,
+    };
+    if read != Some(expected) {
         return Err(unsupported(format!(
             "colour layout read as {:?} by the decoder, {:?} from the headers",
             decoder.input_colorspace(),
@@ -220,7 +266,10 @@ pub(super) fn decode(
         )));
     }
     if decoder.dimensions() != Some((usize::from(header.width), usize::from(header.height))) {
-        return Err(malformed(header.scan_start, "frame size changed between reads"));
+        return Err(malformed(
+            header.scan_start,
+            "frame size changed between reads",
+        ));
     }
     let rgb = sized(rgb, pixels * 3);
     match header.color {
@@ -233,6 +282,13 @@ pub(super) fn decode(
             let planes = sized(scratch, pixels * 4);
             decoder.decode_into(planes).map_err(map_error)?;
             ycck_to_rgb(planes, rgb);
+        }
+        ColorSpace::YCbCr if expected == ZColorSpace::RGB => {
+            // zune copies the stored samples through as RGB; they are YCbCr to libjpeg.
+            decoder.decode_into(rgb).map_err(map_error)?;
+            for p in rgb.chunks_exact_mut(3) {
+                p.copy_from_slice(&ycbcr_to_rgb_libjpeg(p[0], p[1], p[2]));
+            }
         }
         _ => decoder.decode_into(rgb).map_err(map_error)?,
     }

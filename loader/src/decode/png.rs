@@ -21,10 +21,16 @@ pub(super) struct Header {
 }
 
 fn malformed(offset: usize, reason: &'static str) -> DecodeError {
-    DecodeError::Malformed { format: ImageFormat::Png, offset, reason }
+    DecodeError::Malformed {
+        format: ImageFormat::Png,
+        offset,
+        reason,
+    }
 }
 
-const TRUNCATED: DecodeError = DecodeError::Truncated { format: ImageFormat::Png };
+const TRUNCATED: DecodeError = DecodeError::Truncated {
+    format: ImageFormat::Png,
+};
 
 impl Header {
     /// Reads IHDR. `bytes` starts with the PNG signature.
@@ -50,7 +56,13 @@ impl Header {
         if !valid {
             return Err(malformed(24, "invalid colour type / bit depth pair"));
         }
-        Ok(Header { width, height, bit_depth, color_type, interlaced: ihdr[20] == 1 })
+        Ok(Header {
+            width,
+            height,
+            bit_depth,
+            color_type,
+            interlaced: ihdr[20] == 1,
+        })
     }
 
     pub(super) fn info(&self) -> ImageInfo {
@@ -104,23 +116,35 @@ pub(super) fn decode(
         reader.next_frame(rgb).map_err(map_error)?;
         return Ok(());
     }
-    let needed = reader.output_buffer_size().ok_or_else(|| DecodeError::Unsupported {
-        format: ImageFormat::Png,
-        what: "a frame larger than this address space".into(),
-    })?;
+    let needed = reader
+        .output_buffer_size()
+        .ok_or_else(|| DecodeError::Unsupported {
+            format: ImageFormat::Png,
+            what: "a frame larger than this address space".into(),
+        })?;
     let raw = sized(scratch, needed);
     let frame = reader.next_frame(raw).map_err(map_error)?;
     let width = header.width as usize;
-    let rows = raw.chunks_exact(frame.line_size).zip(rgb.chunks_exact_mut(width * 3));
+    let rows = raw
+        .chunks_exact(frame.line_size)
+        .zip(rgb.chunks_exact_mut(width * 3));
     match (color_type, bit_depth) {
         (ColorType::Grayscale | ColorType::GrayscaleAlpha, BitDepth::Sixteen) => {
-            let step = if color_type == ColorType::Grayscale { 2 } else { 4 };
+            let step = if color_type == ColorType::Grayscale {
+                2
+            } else {
+                4
+            };
             // PIL opens 16-bit gray as I;16 and clips it to 255; gray+alpha it reads as LA with
             // the high byte.
             let clip = color_type == ColorType::Grayscale;
             for (src, dst) in rows {
                 for (s, d) in src.chunks_exact(step).zip(dst.chunks_exact_mut(3)) {
-                    let v = if clip { u16::from_be_bytes([s[0], s[1]]).min(255) as u8 } else { s[0] };
+                    let v = if clip {
+                        u16::from_be_bytes([s[0], s[1]]).min(255) as u8
+                    } else {
+                        s[0]
+                    };
                     d.fill(v);
                 }
             }
