@@ -221,7 +221,9 @@ fn check_size(width: u32, height: u32, options: &DecodeOptions) -> Result<usize,
     let pixels = u64::from(width) * u64::from(height);
     // The cap may be set above what this address space can hold (CMYK scratch is 4 bytes a
     // pixel); refuse rather than overflow.
-    let fits = usize::try_from(pixels * 4).is_ok();
+    let fits = pixels
+        .checked_mul(4)
+        .is_some_and(|bytes| usize::try_from(bytes).is_ok());
     if pixels > options.max_pixels || !fits {
         return Err(DecodeError::TooLarge {
             width,
@@ -293,10 +295,12 @@ impl Decoder {
     }
 }
 
-/// Grows `buf` to exactly `len` bytes, reusing its capacity; new bytes are zero, old ones are left
-/// as they are (every caller overwrites the whole range).
+/// The first `len` bytes of `buf`, growing it if needed. Never shrinks, so images of mixed sizes
+/// neither reallocate nor re-zero; every caller overwrites the whole range.
 fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
-    buf.resize(len, 0);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
     &mut buf[..len]
 }
 
@@ -305,4 +309,44 @@ fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
 fn mul_div_255(a: u8, b: u8) -> u8 {
     let t = u32::from(a) * u32::from(b) + 128;
     ((t + (t >> 8)) >> 8) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<DecodeError>();
+        send_sync::<crate::Error>();
+    }
+
+    #[test]
+    fn size_cap_edges() {
+        let cap = DecodeOptions { max_pixels: 100 };
+        assert_eq!(check_size(10, 10, &cap).unwrap(), 100);
+        assert!(matches!(
+            check_size(10, 11, &cap),
+            Err(DecodeError::TooLarge {
+                width: 10,
+                height: 11,
+                max_pixels: 100
+            })
+        ));
+        let no_cap = DecodeOptions {
+            max_pixels: u64::MAX,
+        };
+        assert!(check_size(u32::MAX, u32::MAX, &no_cap).is_err());
+    }
+
+    #[test]
+    fn mul_div_255_is_rounded_division() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let exact = (f64::from(a) * f64::from(b) / 255.0).round() as u8;
+                assert_eq!(mul_div_255(a, b), exact, "{a} * {b}");
+            }
+        }
+    }
 }
