@@ -42,10 +42,7 @@ pub enum Error {
     #[error("index {}: {reason}", path.display())]
     Index { path: PathBuf, reason: String },
     /// Images without a label, or labels naming an unknown class. The lists hold the first 20 of each.
-    #[error(
-        "{}: {missing_count} image(s) have no label{}; {unknown_count} label(s) name an unknown class{}",
-        path.display(), list(missing, *missing_count), list(unknown, *unknown_count)
-    )]
+    #[error("{}: {}", path.display(), labels_problems(missing, *missing_count, unknown, *unknown_count))]
     Labels {
         path: PathBuf,
         missing: Vec<String>,
@@ -74,13 +71,39 @@ pub enum Error {
     Layout { path: PathBuf, reason: String },
 }
 
+fn labels_problems(
+    missing: &[String],
+    missing_count: usize,
+    unknown: &[String],
+    unknown_count: usize,
+) -> String {
+    let mut parts = Vec::new();
+    if missing_count > 0 {
+        parts.push(format!(
+            "{missing_count} image(s) have no label{}",
+            list(missing, missing_count)
+        ));
+    }
+    if unknown_count > 0 {
+        parts.push(format!(
+            "{unknown_count} label(s) name an unknown class{}",
+            list(unknown, unknown_count)
+        ));
+    }
+    parts.join("; ")
+}
+
 /// ` (a, b, … and N more)` for error messages; empty when there is nothing.
 fn list(items: &[String], count: usize) -> String {
     if items.is_empty() {
         return String::new();
     }
     let more = count.saturating_sub(items.len());
-    let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
     format!(" ({}{tail})", items.join(", "))
 }
 

@@ -4,4 +4,6 @@ mod error;
 pub mod source;
 
 pub use error::{Error, Result};
-pub use source::{IndexPolicy, Layout, OpenOptions, OpenReport, Skipped, Source, open, open_with_report};
+pub use source::{
+    IndexPolicy, Layout, OpenOptions, OpenReport, Skipped, Source, open, open_with_report,
+};

@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imgloader::{Error, IndexPolicy, Layout, OpenOptions, OpenReport, Source, open, open_with_report};
+use imgloader::{
+    Error, IndexPolicy, Layout, OpenOptions, OpenReport, Source, open, open_with_report,
+};
 use tar::{EntryType, Header};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -44,7 +46,11 @@ fn fake_jpeg(name: &str) -> Vec<u8> {
 /// their label files can describe the same images. The devkit ids of the classes are deliberately not in
 /// sorted order, as in the real devkit.
 fn dataset() -> (Vec<String>, Vec<Img>) {
-    let classes = vec!["n01440764".to_string(), "n01443537".to_string(), "n09999999".to_string()];
+    let classes = vec![
+        "n01440764".to_string(),
+        "n01443537".to_string(),
+        "n09999999".to_string(),
+    ];
     // (class index, val number, extension, sub-folder)
     let spec: &[(usize, u32, &str, &str)] = &[
         (0, 3, "JPEG", ""),
@@ -61,7 +67,11 @@ fn dataset() -> (Vec<String>, Vec<Img>) {
         .iter()
         .map(|&(c, n, ext, sub)| {
             let rel = format!("{sub}ILSVRC2012_val_{n:08}.{ext}");
-            Img { class: classes[c].clone(), bytes: fake_jpeg(&rel), rel }
+            Img {
+                class: classes[c].clone(),
+                bytes: fake_jpeg(&rel),
+                rel,
+            }
         })
         .collect();
     (classes, imgs)
@@ -85,7 +95,9 @@ struct TarWriter {
 
 impl Default for TarWriter {
     fn default() -> Self {
-        TarWriter { b: tar::Builder::new(Vec::new()) }
+        TarWriter {
+            b: tar::Builder::new(Vec::new()),
+        }
     }
 }
 
@@ -203,7 +215,11 @@ fn write_shards(dir: &Path, imgs: &[Img], classes: &[String], n: usize) -> Vec<P
     fs::create_dir_all(dir).unwrap();
     let mut shards: Vec<TarWriter> = (0..n).map(|_| TarWriter::default()).collect();
     for (i, img) in imgs.iter().enumerate().rev() {
-        let rel_dir = img.rel.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        let rel_dir = img
+            .rel
+            .rsplit_once('/')
+            .map(|(d, _)| format!("{d}/"))
+            .unwrap_or_default();
         let key = format!("{}/{rel_dir}{}", img.class, img.stem());
         let label = classes.iter().position(|c| c == &img.class).unwrap();
         let shard = &mut shards[i % n];
@@ -219,11 +235,18 @@ fn write_shards(dir: &Path, imgs: &[Img], classes: &[String], n: usize) -> Vec<P
 }
 
 fn opts(cache: &Path) -> OpenOptions {
-    OpenOptions { cache_dir: Some(cache.to_owned()), ..OpenOptions::default() }
+    OpenOptions {
+        cache_dir: Some(cache.to_owned()),
+        ..OpenOptions::default()
+    }
 }
 
 fn with_labels(cache: &Path, labels: &Path, synsets: Option<&Path>) -> OpenOptions {
-    OpenOptions { labels: Some(labels.to_owned()), synsets: synsets.map(Path::to_owned), ..opts(cache) }
+    OpenOptions {
+        labels: Some(labels.to_owned()),
+        synsets: synsets.map(Path::to_owned),
+        ..opts(cache)
+    }
 }
 
 /// (base name, label, bytes) of every sample, in index order.
@@ -233,7 +256,11 @@ fn samples(src: &dyn Source) -> Vec<(String, u32, Vec<u8>)> {
         .map(|i| {
             let name = src.name(i);
             let base = name.rsplit(['/', ' ']).next().unwrap().to_string();
-            (base, src.label(i), src.bytes(i, &mut scratch).unwrap().to_vec())
+            (
+                base,
+                src.label(i),
+                src.bytes(i, &mut scratch).unwrap().to_vec(),
+            )
         })
         .collect()
 }
@@ -241,7 +268,11 @@ fn samples(src: &dyn Source) -> Vec<(String, u32, Vec<u8>)> {
 fn expected(classes: &[String], imgs: &[Img]) -> Vec<(String, u32, Vec<u8>)> {
     imgs.iter()
         .map(|i| {
-            (i.base().to_string(), classes.iter().position(|c| c == &i.class).unwrap() as u32, i.bytes.clone())
+            (
+                i.base().to_string(),
+                classes.iter().position(|c| c == &i.class).unwrap() as u32,
+                i.bytes.clone(),
+            )
         })
         .collect()
 }
@@ -277,41 +308,110 @@ fn every_layout_lists_the_same_samples_in_the_same_order() {
     let mut by_number: Vec<&Img> = imgs.iter().collect();
     by_number.sort_by_key(|i| i.stem().to_string());
     let ground_truth = t.join("ILSVRC2012_validation_ground_truth.txt");
-    let gt: String = by_number.iter().map(|i| format!("{}\n", devkit_id(&i.class))).collect();
+    let gt: String = by_number
+        .iter()
+        .map(|i| format!("{}\n", devkit_id(&i.class)))
+        .collect();
     fs::write(&ground_truth, gt).unwrap();
     let map_clsloc = t.join("map_clsloc.txt");
     fs::write(&map_clsloc, MAP_CLSLOC).unwrap();
     let loc_csv = t.join("LOC_val_solution.csv");
     let mut csv = String::from("ImageId,PredictionString\r\n");
     for img in imgs.iter().rev() {
-        csv += &format!("{},{} 10 20 30 40 {} 1 2 3 4\r\n", img.stem(), img.class, img.class);
+        csv += &format!(
+            "{},{} 10 20 30 40 {} 1 2 3 4\r\n",
+            img.stem(),
+            img.class,
+            img.class
+        );
     }
     fs::write(&loc_csv, csv).unwrap();
     let pairs = t.join("val_labels.txt");
-    let p: String = imgs.iter().map(|i| format!("{}\t{}\n", i.base(), i.class)).collect();
+    let p: String = imgs
+        .iter()
+        .map(|i| format!("{}\t{}\n", i.base(), i.class))
+        .collect();
     fs::write(&pairs, p).unwrap();
     let loc_synsets = t.join("LOC_synset_mapping.txt");
-    fs::write(&loc_synsets, "n01440764 tench, Tinca tinca\nn01443537 goldfish\nn09999999 zebra\n").unwrap();
+    fs::write(
+        &loc_synsets,
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish\nn09999999 zebra\n",
+    )
+    .unwrap();
 
     let shard_dir = t.join("shards");
     let shard_files = write_shards(&shard_dir, &imgs, &classes, 2);
     fs::write(shard_dir.join("classes.txt"), classes.join("\n") + "\n").unwrap();
     let one_shard_dir = t.join("one-shard");
     let one_shard = write_shards(&one_shard_dir, &imgs, &classes, 1).remove(0);
-    fs::write(one_shard_dir.join("manifest.json"), format!("{{\"classes\": {classes:?}}}")).unwrap();
+    fs::write(
+        one_shard_dir.join("manifest.json"),
+        format!("{{\"classes\": {classes:?}}}"),
+    )
+    .unwrap();
 
     let cases: Vec<(&str, PathBuf, OpenOptions, Layout)> = vec![
-        ("class folders", folder.clone(), opts(&cache), Layout::ClassFolders),
-        ("tar of class folders", plain_tar, opts(&cache), Layout::TarClassFolders),
-        ("tar with ./", dot_tar, opts(&cache), Layout::TarClassFolders),
-        ("tar with train/", top_tar, opts(&cache), Layout::TarClassFolders),
+        (
+            "class folders",
+            folder.clone(),
+            opts(&cache),
+            Layout::ClassFolders,
+        ),
+        (
+            "tar of class folders",
+            plain_tar,
+            opts(&cache),
+            Layout::TarClassFolders,
+        ),
+        (
+            "tar with ./",
+            dot_tar,
+            opts(&cache),
+            Layout::TarClassFolders,
+        ),
+        (
+            "tar with train/",
+            top_tar,
+            opts(&cache),
+            Layout::TarClassFolders,
+        ),
         ("tar of tars", tot.clone(), opts(&cache), Layout::TarOfTars),
-        ("val tar + ground truth", val_tar.clone(), with_labels(&cache, &ground_truth, Some(&map_clsloc)), Layout::FlatTar),
-        ("val tar + LOC csv", val_tar.clone(), with_labels(&cache, &loc_csv, None), Layout::FlatTar),
-        ("val tar + pairs", val_tar.clone(), with_labels(&cache, &pairs, None), Layout::FlatTar),
-        ("val tar + pairs + LOC synsets", val_tar.clone(), with_labels(&cache, &pairs, Some(&loc_synsets)), Layout::FlatTar),
-        ("flat folder + ground truth", flat_dir.clone(), with_labels(&cache, &ground_truth, Some(&map_clsloc)), Layout::FlatFolder),
-        ("shard folder", shard_dir.clone(), opts(&cache), Layout::Shards),
+        (
+            "val tar + ground truth",
+            val_tar.clone(),
+            with_labels(&cache, &ground_truth, Some(&map_clsloc)),
+            Layout::FlatTar,
+        ),
+        (
+            "val tar + LOC csv",
+            val_tar.clone(),
+            with_labels(&cache, &loc_csv, None),
+            Layout::FlatTar,
+        ),
+        (
+            "val tar + pairs",
+            val_tar.clone(),
+            with_labels(&cache, &pairs, None),
+            Layout::FlatTar,
+        ),
+        (
+            "val tar + pairs + LOC synsets",
+            val_tar.clone(),
+            with_labels(&cache, &pairs, Some(&loc_synsets)),
+            Layout::FlatTar,
+        ),
+        (
+            "flat folder + ground truth",
+            flat_dir.clone(),
+            with_labels(&cache, &ground_truth, Some(&map_clsloc)),
+            Layout::FlatFolder,
+        ),
+        (
+            "shard folder",
+            shard_dir.clone(),
+            opts(&cache),
+            Layout::Shards,
+        ),
         ("one shard", one_shard, opts(&cache), Layout::Shards),
     ];
     for (what, path, o, layout) in cases {
@@ -329,10 +429,16 @@ fn every_layout_lists_the_same_samples_in_the_same_order() {
     let src = open(&tot, &opts(&cache)).unwrap();
     assert_eq!(
         src.name(0),
-        format!("{} › n01440764.tar › ILSVRC2012_val_00000003.JPEG", tot.display())
+        format!(
+            "{} › n01440764.tar › ILSVRC2012_val_00000003.JPEG",
+            tot.display()
+        )
     );
     let src = open(&folder, &opts(&cache)).unwrap();
-    assert_eq!(PathBuf::from(src.name(0)), folder.join("n01440764/ILSVRC2012_val_00000003.JPEG"));
+    assert_eq!(
+        PathBuf::from(src.name(0)),
+        folder.join("n01440764/ILSVRC2012_val_00000003.JPEG")
+    );
 }
 
 #[test]
@@ -340,7 +446,14 @@ fn folders_follow_torchvision_walk_order_hidden_files_and_symlinks() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     // `sorted(os.walk())` lists folder `a` before `a-b` before `a/c`: not depth-first in name order.
-    for rel in ["c/z.jpg", "c/a/y.jpg", "c/a-b/x.jpg", "c/a/c/w.JPG", "c/m.PNG", "d/1.jpeg"] {
+    for rel in [
+        "c/z.jpg",
+        "c/a/y.jpg",
+        "c/a-b/x.jpg",
+        "c/a/c/w.JPG",
+        "c/m.PNG",
+        "d/1.jpeg",
+    ] {
         let p = root.join(rel);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(p, rel).unwrap();
@@ -357,12 +470,39 @@ fn folders_follow_torchvision_walk_order_hidden_files_and_symlinks() {
     std::os::unix::fs::symlink(root.join("c/z.jpg"), root.join("d/linked.jpg")).unwrap();
 
     let (src, report) = open_ok(&root, &OpenOptions::default());
-    let names: Vec<String> =
-        (0..src.len()).map(|i| src.name(i).strip_prefix(&format!("{}/", root.display())).unwrap().to_string()).collect();
-    assert_eq!(names, ["c/m.PNG", "c/z.jpg", "c/a/y.jpg", "c/a-b/x.jpg", "c/a/c/w.JPG", "d/1.jpeg", "d/linked.jpg"]);
+    let names: Vec<String> = (0..src.len())
+        .map(|i| {
+            src.name(i)
+                .strip_prefix(&format!("{}/", root.display()))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "c/m.PNG",
+            "c/z.jpg",
+            "c/a/y.jpg",
+            "c/a-b/x.jpg",
+            "c/a/c/w.JPG",
+            "d/1.jpeg",
+            "d/linked.jpg"
+        ]
+    );
     assert_eq!(src.classes(), ["c", "d"]);
     let s = report.skipped;
-    assert_eq!((s.hidden, s.non_image, s.unsupported_image, s.outside_class, s.links), (3, 1, 1, 1, 2), "{s:?}");
+    assert_eq!(
+        (
+            s.hidden,
+            s.non_image,
+            s.unsupported_image,
+            s.outside_class,
+            s.links
+        ),
+        (3, 1, 1, 1, 2),
+        "{s:?}"
+    );
     let mut scratch = Vec::new();
     assert_eq!(src.bytes(6, &mut scratch).unwrap(), b"c/z.jpg");
 
@@ -380,8 +520,16 @@ fn python_check_imagefolder_order(root: &Path, names: &[String], labels: &[u32])
         fs::copy(root.join(n), p).unwrap();
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sources_imagefolder.py");
-    let out = std::process::Command::new(python).arg(script).arg(&clean).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&clean)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let theirs: Vec<(String, u32)> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -438,7 +586,9 @@ fn gnu_long_names_and_pax_paths() {
     let long = format!("cls/{}/{}.jpg", "d".repeat(120), "f".repeat(150));
     let pax = format!("cls/{}.JPEG", "p".repeat(200));
     let mut t = TarWriter::default();
-    t.file(&long, b"long").pax_file(&pax, b"pax").file("cls/short.jpg", b"short");
+    t.file(&long, b"long")
+        .pax_file(&pax, b"pax")
+        .file("cls/short.jpg", b"short");
     let path = t.write(&tmp.path().join("long.tar"));
     let (src, report) = open_ok(&path, &opts(tmp.path()));
     assert_eq!(report.layout, Layout::TarClassFolders);
@@ -449,7 +599,11 @@ fn gnu_long_names_and_pax_paths() {
     // Folder of the class first, then its sub-folder.
     assert_eq!(
         got,
-        [(name(&pax), b"pax".to_vec()), (name("cls/short.jpg"), b"short".to_vec()), (name(&long), b"long".to_vec())]
+        [
+            (name(&pax), b"pax".to_vec()),
+            (name("cls/short.jpg"), b"short".to_vec()),
+            (name(&long), b"long".to_vec())
+        ]
     );
 }
 
@@ -459,7 +613,12 @@ fn hostile_members_are_rejected_and_counted() {
     let mut t = TarWriter::default();
     t.dir("cls/")
         .file("cls/good.jpg", b"good")
-        .raw(b"cls/link.jpg", EntryType::Symlink, b"", Some("/etc/passwd"))
+        .raw(
+            b"cls/link.jpg",
+            EntryType::Symlink,
+            b"",
+            Some("/etc/passwd"),
+        )
         .raw(b"cls/hard.jpg", EntryType::Link, b"", Some("cls/good.jpg"))
         .raw(b"../evil.jpg", EntryType::Regular, b"evil", None)
         .raw(b"cls/../../evil2.jpg", EntryType::Regular, b"evil", None)
@@ -500,7 +659,11 @@ fn compressed_archives_are_refused() {
         t.file("c/x.jpg", b"x");
         t.bytes()
     };
-    for (magic, kind) in [(&[0x1f, 0x8b, 8, 0][..], "gzip"), (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"), (b"BZh9", "bzip2")] {
+    for (magic, kind) in [
+        (&[0x1f, 0x8b, 8, 0][..], "gzip"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd"),
+        (b"BZh9", "bzip2"),
+    ] {
         let path = tmp.path().join(format!("train.tar.{kind}"));
         let mut bytes = magic.to_vec();
         bytes.extend_from_slice(&tar);
@@ -508,7 +671,12 @@ fn compressed_archives_are_refused() {
         match open(&path, &opts(tmp.path())) {
             Err(e @ Error::Compressed { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.contains(kind) && msg.contains("decompress") && msg.contains(&*path.to_string_lossy()), "{msg}");
+                assert!(
+                    msg.contains(kind)
+                        && msg.contains("decompress")
+                        && msg.contains(&*path.to_string_lossy()),
+                    "{msg}"
+                );
             }
             other => panic!("{kind}: {other:?}"),
         }
@@ -520,7 +688,11 @@ fn compressed_archives_are_refused() {
     t.file("n01.tar", &inner);
     let path = t.write(&tmp.path().join("tot.tar"));
     match open(&path, &opts(tmp.path())) {
-        Err(Error::Compressed { member, kind: "gzip", .. }) => assert_eq!(member.as_deref(), Some("n01.tar")),
+        Err(Error::Compressed {
+            member,
+            kind: "gzip",
+            ..
+        }) => assert_eq!(member.as_deref(), Some("n01.tar")),
         other => panic!("{other:?}"),
     }
 }
@@ -536,10 +708,18 @@ fn truncated_archives_name_archive_and_offset() {
     fs::write(&path, &full[..3000]).unwrap();
     match open(&path, &opts(tmp.path())) {
         Err(e @ Error::Archive { .. }) => {
-            let Error::Archive { archive, offset, .. } = &e else { unreachable!() };
+            let Error::Archive {
+                archive, offset, ..
+            } = &e
+            else {
+                unreachable!()
+            };
             assert_eq!((archive.as_path(), *offset), (path.as_path(), 1536));
             let msg = e.to_string();
-            assert!(msg.contains("cut-data.tar") && msg.contains("1536") && msg.contains("truncated"), "{msg}");
+            assert!(
+                msg.contains("cut-data.tar") && msg.contains("1536") && msg.contains("truncated"),
+                "{msg}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -547,7 +727,9 @@ fn truncated_archives_name_archive_and_offset() {
     let path = tmp.path().join("cut-header.tar");
     fs::write(&path, &full[..1536 + 100]).unwrap();
     match open(&path, &opts(tmp.path())) {
-        Err(Error::Archive { archive, offset, .. }) => assert_eq!((archive, offset), (path, 1536)),
+        Err(Error::Archive {
+            archive, offset, ..
+        }) => assert_eq!((archive, offset), (path, 1536)),
         other => panic!("{other:?}"),
     }
     // Cut inside an inner tar of a tar of tars: the offset is in the outer file.
@@ -556,7 +738,9 @@ fn truncated_archives_name_archive_and_offset() {
     let path = outer.write(&tmp.path().join("tot.tar"));
     match open(&path, &opts(tmp.path())) {
         Err(e @ Error::Archive { .. }) => {
-            let Error::Archive { offset, reason, .. } = &e else { unreachable!() };
+            let Error::Archive { offset, reason, .. } = &e else {
+                unreachable!()
+            };
             assert_eq!(*offset, 512 + 1536);
             assert!(reason.contains("n01.tar"), "{reason}");
         }
@@ -568,20 +752,31 @@ fn truncated_archives_name_archive_and_offset() {
 fn empty_and_foreign_files() {
     let tmp = tempfile::tempdir().unwrap();
     let empty_tar = TarWriter::default().write(&tmp.path().join("empty.tar"));
-    assert!(matches!(open(&empty_tar, &opts(tmp.path())), Err(Error::EmptyDataset { .. })));
+    assert!(matches!(
+        open(&empty_tar, &opts(tmp.path())),
+        Err(Error::EmptyDataset { .. })
+    ));
     let zero = tmp.path().join("zero.tar");
     fs::write(&zero, b"").unwrap();
-    assert!(matches!(open(&zero, &opts(tmp.path())), Err(Error::EmptyDataset { .. })));
+    assert!(matches!(
+        open(&zero, &opts(tmp.path())),
+        Err(Error::EmptyDataset { .. })
+    ));
     let text = tmp.path().join("text.tar");
     fs::write(&text, "this is not a tar archive at all\n".repeat(40)).unwrap();
     match open(&text, &opts(tmp.path())) {
-        Err(Error::Archive { offset: 0, reason, .. }) => assert!(reason.contains("not a tar"), "{reason}"),
+        Err(Error::Archive {
+            offset: 0, reason, ..
+        }) => assert!(reason.contains("not a tar"), "{reason}"),
         other => panic!("{other:?}"),
     }
     let mut t = TarWriter::default();
     t.file("c/readme.txt", b"no images here");
     let no_images = t.write(&tmp.path().join("noimg.tar"));
-    assert!(matches!(open(&no_images, &opts(tmp.path())), Err(Error::EmptyDataset { .. })));
+    assert!(matches!(
+        open(&no_images, &opts(tmp.path())),
+        Err(Error::EmptyDataset { .. })
+    ));
 }
 
 #[test]
@@ -590,7 +785,10 @@ fn flat_tar_without_labels_asks_for_them() {
     let (_, imgs) = dataset();
     let val = write_flat_tar(&tmp.path().join("val.tar"), &imgs);
     let err = open(&val, &opts(tmp.path())).unwrap_err();
-    assert!(matches!(err, Error::Layout { .. }) && err.to_string().contains("labels"), "{err}");
+    assert!(
+        matches!(err, Error::Layout { .. }) && err.to_string().contains("labels"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -601,7 +799,10 @@ fn tar_of_tars_with_an_empty_class_is_refused() {
     let mut b = TarWriter::default();
     b.file("notes.txt", b"x");
     let mut outer = TarWriter::default();
-    outer.file("n01.tar", &a.bytes()).file("n02.tar", &b.bytes()).file("n03.tar", &TarWriter::default().bytes());
+    outer
+        .file("n01.tar", &a.bytes())
+        .file("n02.tar", &b.bytes())
+        .file("n03.tar", &TarWriter::default().bytes());
     let path = outer.write(&tmp.path().join("train.tar"));
     match open(&path, &opts(tmp.path())) {
         Err(Error::EmptyClasses { classes, .. }) => assert_eq!(classes, ["n02", "n03"]),
@@ -622,17 +823,32 @@ fn labels_missing_and_unknown_are_listed() {
     fs::write(&synsets, MAP_CLSLOC).unwrap();
     // Two images unlisted, one labelled with a synset the list does not have.
     let labels = t.join("labels.txt");
-    let mut text: String = imgs[2..].iter().map(|i| format!("{} {}\n", i.base(), i.class)).collect();
+    let mut text: String = imgs[2..]
+        .iter()
+        .map(|i| format!("{} {}\n", i.base(), i.class))
+        .collect();
     text += "ILSVRC2012_val_00000099.JPEG n04000000\n";
     fs::write(&labels, text).unwrap();
     match open(&val, &with_labels(t, &labels, Some(&synsets))) {
         Err(e @ Error::Labels { .. }) => {
             let msg = e.to_string();
-            let Error::Labels { missing, missing_count, unknown, unknown_count, .. } = e else { unreachable!() };
+            let Error::Labels {
+                missing,
+                missing_count,
+                unknown,
+                unknown_count,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
             let mut want_missing = vec![imgs[0].base().to_string(), imgs[1].base().to_string()];
             want_missing.sort();
             assert_eq!((missing, missing_count), (want_missing, 2));
-            assert_eq!((unknown, unknown_count), (vec!["ILSVRC2012_val_00000099: n04000000".to_string()], 1));
+            assert_eq!(
+                (unknown, unknown_count),
+                (vec!["ILSVRC2012_val_00000099: n04000000".to_string()], 1)
+            );
             assert!(msg.contains("2 image(s) have no label"), "{msg}");
         }
         other => panic!("{other:?}"),
@@ -641,16 +857,27 @@ fn labels_missing_and_unknown_are_listed() {
     let gt = t.join("gt.txt");
     fs::write(&gt, "1\n2\n3\n1\n2\n3\n1\n2\n7\n").unwrap();
     match open(&val, &with_labels(t, &gt, Some(&synsets))) {
-        Err(Error::Labels { unknown, missing_count: 1, .. }) => {
+        Err(Error::Labels {
+            unknown,
+            missing_count: 1,
+            ..
+        }) => {
             assert_eq!(unknown, ["ILSVRC2012_val_00000009: id 7"])
         }
         other => panic!("{other:?}"),
     }
     // Ground truth needs the synset list, and one in devkit order.
     let err = open(&val, &with_labels(t, &gt, None)).unwrap_err();
-    assert!(matches!(err, Error::LabelsFile { .. }) && err.to_string().contains("synset list"), "{err}");
+    assert!(
+        matches!(err, Error::LabelsFile { .. }) && err.to_string().contains("synset list"),
+        "{err}"
+    );
     let sorted = t.join("LOC_synset_mapping.txt");
-    fs::write(&sorted, "n01440764 tench\nn01443537 goldfish\nn09999999 zebra\n").unwrap();
+    fs::write(
+        &sorted,
+        "n01440764 tench\nn01443537 goldfish\nn09999999 zebra\n",
+    )
+    .unwrap();
     let err = open(&val, &with_labels(t, &gt, Some(&sorted))).unwrap_err();
     assert!(err.to_string().contains("sorted order"), "{err}");
     // Malformed lines name the line.
@@ -659,10 +886,40 @@ fn labels_missing_and_unknown_are_listed() {
         Err(Error::LabelsFile { line: 2, .. }) => {}
         other => panic!("{other:?}"),
     }
+    // Long lists are cut at 20 names, with the full count.
+    let mut w = TarWriter::default();
+    for i in 0..25 {
+        w.file(&format!("img{i:02}.jpg"), b"x");
+    }
+    let many = w.write(&t.join("many.tar"));
+    fs::write(&labels, "other.jpg n01\n").unwrap();
+    match open(&many, &with_labels(t, &labels, None)) {
+        Err(e @ Error::Labels { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("25 image(s) have no label") && msg.contains("and 5 more"),
+                "{msg}"
+            );
+            assert!(!msg.contains("unknown"), "{msg}");
+            let Error::Labels {
+                missing,
+                missing_count,
+                unknown_count,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!((missing.len(), missing_count, unknown_count), (20, 25, 0));
+        }
+        other => panic!("{other:?}"),
+    }
     // Contradicting entries for one image.
     fs::write(&labels, "a.jpg n01\na.JPEG n02\n").unwrap();
     match open(&val, &with_labels(t, &labels, None)) {
-        Err(Error::LabelsFile { line: 2, reason, .. }) => assert!(reason.contains("n01"), "{reason}"),
+        Err(Error::LabelsFile {
+            line: 2, reason, ..
+        }) => assert!(reason.contains("n01"), "{reason}"),
         other => panic!("{other:?}"),
     }
 }
@@ -673,14 +930,19 @@ fn shard_labels_are_checked() {
     let dir = tmp.path().join("shards");
     fs::create_dir_all(&dir).unwrap();
     let mut t = TarWriter::default();
-    t.file("a.jpg", b"a").file("a.cls", b"0").file("b.jpg", b"b");
+    t.file("a.jpg", b"a")
+        .file("a.cls", b"0")
+        .file("b.jpg", b"b");
     t.write(&dir.join("s0.tar"));
     match open(&dir, &opts(tmp.path())) {
         Err(Error::Labels { missing, .. }) => assert_eq!(missing, ["b.jpg"]),
         other => panic!("{other:?}"),
     }
     let mut t = TarWriter::default();
-    t.file("a.jpg", b"a").file("a.cls", b"0").file("b.jpg", b"b").file("b.cls", b"5");
+    t.file("a.jpg", b"a")
+        .file("a.cls", b"0")
+        .file("b.jpg", b"b")
+        .file("b.cls", b"5");
     t.write(&dir.join("s0.tar"));
     fs::write(dir.join("classes.txt"), "cat\ndog\n").unwrap();
     match open(&dir, &opts(tmp.path())) {
@@ -706,7 +968,10 @@ fn shard_labels_are_checked() {
 fn small_tar(path: &Path, n: usize) -> PathBuf {
     let mut t = TarWriter::default();
     for i in 0..n {
-        t.file(&format!("c{}/img{i:03}.jpg", i % 3), format!("image {i}").as_bytes());
+        t.file(
+            &format!("c{}/img{i:03}.jpg", i % 3),
+            format!("image {i}").as_bytes(),
+        );
     }
     t.write(path)
 }
@@ -726,9 +991,17 @@ fn fix_checksum(bytes: &mut [u8]) {
 }
 
 fn assert_rebuilt(report: &OpenReport, why: &str) {
-    assert_eq!((report.indexes_loaded, report.indexes_built), (0, 1), "{report:?}");
+    assert_eq!(
+        (report.indexes_loaded, report.indexes_built),
+        (0, 1),
+        "{report:?}"
+    );
     assert!(report.members_scanned > 0);
-    assert!(report.notes.iter().any(|n| n.contains(why)), "no note with {why:?}: {:?}", report.notes);
+    assert!(
+        report.notes.iter().any(|n| n.contains(why)),
+        "no note with {why:?}: {:?}",
+        report.notes
+    );
 }
 
 #[test]
@@ -737,19 +1010,34 @@ fn index_is_created_reused_and_rebuilt_when_stale() {
     let cache = tmp.path().join("cache");
     let tar = small_tar(&tmp.path().join("train.tar"), 9);
     let (src, first) = open_ok(&tar, &opts(&cache));
-    assert_eq!((first.indexes_loaded, first.indexes_built, first.members_scanned), (0, 1, 9));
+    assert_eq!(
+        (
+            first.indexes_loaded,
+            first.indexes_built,
+            first.members_scanned
+        ),
+        (0, 1, 9)
+    );
     assert_eq!(first.index_files, [idx(&tar)]);
     assert!(idx(&tar).is_file());
     let before = samples(&*src);
 
     let (src, second) = open_ok(&tar, &opts(&cache));
-    assert_eq!((second.indexes_loaded, second.indexes_built, second.members_scanned), (1, 0, 0));
+    assert_eq!(
+        (
+            second.indexes_loaded,
+            second.indexes_built,
+            second.members_scanned
+        ),
+        (1, 0, 0)
+    );
     assert_eq!(second.members, 9);
     assert_eq!(samples(&*src), before);
 
     // Touching the tar makes the index stale.
     let f = fs::File::options().write(true).open(&tar).unwrap();
-    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
     drop(f);
     let (_, touched) = open_ok(&tar, &opts(&cache));
     assert_rebuilt(&touched, "stale");
@@ -763,7 +1051,13 @@ fn index_is_created_reused_and_rebuilt_when_stale() {
     assert_eq!(src.len(), 12);
 
     // Rebuild policy rebuilds a valid index.
-    let (_, rebuilt) = open_ok(&tar, &OpenOptions { index: IndexPolicy::Rebuild, ..opts(&cache) });
+    let (_, rebuilt) = open_ok(
+        &tar,
+        &OpenOptions {
+            index: IndexPolicy::Rebuild,
+            ..opts(&cache)
+        },
+    );
     assert_eq!((rebuilt.indexes_loaded, rebuilt.indexes_built), (0, 1));
 }
 
@@ -781,10 +1075,24 @@ fn damaged_indexes_are_detected_and_never_trusted() {
     let check = |bytes: &[u8], why: &str| {
         fs::write(idx(&tar), bytes).unwrap();
         // Read-only: not used, built in memory, sidecar left alone.
-        let (src, report) = open_ok(&tar, &OpenOptions { index: IndexPolicy::ReadOnly, ..opts(&cache) });
+        let (src, report) = open_ok(
+            &tar,
+            &OpenOptions {
+                index: IndexPolicy::ReadOnly,
+                ..opts(&cache)
+            },
+        );
         assert_rebuilt(&report, why);
-        assert!(report.notes.iter().any(|n| n.contains("read-only")), "{:?}", report.notes);
-        assert_eq!(fs::read(idx(&tar)).unwrap(), bytes, "read-only policy wrote the sidecar");
+        assert!(
+            report.notes.iter().any(|n| n.contains("read-only")),
+            "{:?}",
+            report.notes
+        );
+        assert_eq!(
+            fs::read(idx(&tar)).unwrap(),
+            bytes,
+            "read-only policy wrote the sidecar"
+        );
         assert_eq!(samples(&*src), want);
         // Use: rebuilt and saved.
         let (src, report) = open_ok(&tar, &opts(&cache));
@@ -828,8 +1136,16 @@ fn index_falls_back_to_the_cache_folder() {
     let (_, first) = open_ok(&tar, &opts(&cache));
     assert_eq!(first.indexes_built, 1);
     assert_eq!(first.index_files.len(), 1);
-    assert!(first.index_files[0].starts_with(&cache), "{:?}", first.index_files);
-    assert!(first.notes.iter().any(|n| n.contains("cannot write")), "{:?}", first.notes);
+    assert!(
+        first.index_files[0].starts_with(&cache),
+        "{:?}",
+        first.index_files
+    );
+    assert!(
+        first.notes.iter().any(|n| n.contains("cannot write")),
+        "{:?}",
+        first.notes
+    );
     let (_, second) = open_ok(&tar, &opts(&cache));
     assert_eq!((second.indexes_loaded, second.members_scanned), (1, 0));
     assert_eq!(second.index_files, first.index_files);
@@ -838,7 +1154,11 @@ fn index_falls_back_to_the_cache_folder() {
     fs::write(&cache, b"a file where the cache folder should be").unwrap();
     let (src, third) = open_ok(&tar, &opts(&cache));
     assert_eq!(src.len(), 4);
-    assert!(third.notes.iter().any(|n| n.contains("memory")), "{:?}", third.notes);
+    assert!(
+        third.notes.iter().any(|n| n.contains("memory")),
+        "{:?}",
+        third.notes
+    );
 }
 
 /// Indexing speed: `cargo test --release -p imgloader --test sources -- --ignored --nocapture index_speed`.
@@ -855,11 +1175,19 @@ fn index_speed() {
             let mut h = Header::new_gnu();
             h.set_size(16);
             h.set_mode(0o644);
-            b.append_data(&mut h, format!("n{:08}/n{:08}_{i}.JPEG", i % 1000, i % 1000), &[7u8; 16][..]).unwrap();
+            b.append_data(
+                &mut h,
+                format!("n{:08}/n{:08}_{i}.JPEG", i % 1000, i % 1000),
+                &[7u8; 16][..],
+            )
+            .unwrap();
         }
         b.into_inner().unwrap().flush().unwrap();
     }
-    let o = OpenOptions { index: IndexPolicy::ReadOnly, ..opts(tmp.path()) };
+    let o = OpenOptions {
+        index: IndexPolicy::ReadOnly,
+        ..opts(tmp.path())
+    };
     let _ = open_ok(&path, &o); // warm the page cache
     let start = std::time::Instant::now();
     let (src, report) = open_ok(&path, &o);

@@ -26,7 +26,10 @@ enum Order {
     /// Sample i is record i of archive 0, labelled by the record.
     Direct,
     /// Sample i is record `refs[i].1` of archive `refs[i].0`, labelled `labels[i]`.
-    Mapped { refs: Vec<(u32, u32)>, labels: Vec<u32> },
+    Mapped {
+        refs: Vec<(u32, u32)>,
+        labels: Vec<u32>,
+    },
 }
 
 /// A dataset read from memory-mapped tars.
@@ -41,7 +44,10 @@ impl std::fmt::Debug for TarSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TarSource")
             .field("layout", &self.layout)
-            .field("archives", &self.archives.iter().map(|a| &a.path).collect::<Vec<_>>())
+            .field(
+                "archives",
+                &self.archives.iter().map(|a| &a.path).collect::<Vec<_>>(),
+            )
             .field("len", &self.len())
             .field("classes", &self.classes.len())
             .finish()
@@ -49,7 +55,10 @@ impl std::fmt::Debug for TarSource {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn mtime_ns(path: &Path, meta: &std::fs::Metadata) -> Result<i64> {
@@ -61,11 +70,19 @@ fn mtime_ns(path: &Path, meta: &std::fs::Metadata) -> Result<i64> {
 }
 
 /// Maps the tar at `path` and gets its index.
-fn map_tar(path: &Path, mode: Mode, opts: &OpenOptions, report: &mut OpenReport) -> Result<Archive> {
+fn map_tar(
+    path: &Path,
+    mode: Mode,
+    opts: &OpenOptions,
+    report: &mut OpenReport,
+) -> Result<Archive> {
     let file = File::open(path).map_err(io_err(path))?;
     let meta = file.metadata().map_err(io_err(path))?;
     if meta.len() == 0 {
-        return Err(Error::EmptyDataset { path: path.to_owned(), reason: "empty file".into() });
+        return Err(Error::EmptyDataset {
+            path: path.to_owned(),
+            reason: "empty file".into(),
+        });
     }
     let mtime = mtime_ns(path, &meta)?;
     // SAFETY: a read-only private map. If another process truncates the tar while it is mapped, reads of
@@ -78,7 +95,7 @@ fn map_tar(path: &Path, mode: Mode, opts: &OpenOptions, report: &mut OpenReport)
             path: path.to_owned(),
             member: None,
             kind,
-            hint: format!("{cmd} {}", path.display()),
+            hint: tarscan::decompress_hint(cmd, &path.display().to_string()),
         });
     }
     let index = index::obtain(path, &map, mtime, mode, opts, report)?;
@@ -88,20 +105,32 @@ fn map_tar(path: &Path, mode: Mode, opts: &OpenOptions, report: &mut OpenReport)
     for i in 0..index.len() {
         report.image_bytes += index.record(i).len;
     }
-    Ok(Archive { path: path.to_owned(), map, index })
+    Ok(Archive {
+        path: path.to_owned(),
+        map,
+        index,
+    })
 }
 
-/// Sort key of a record: label, then folder and file name of its path.
+/// Sorts samples by label, then folder and file name of their path (then archive and record, so that
+/// equal names keep a fixed order).
 fn sort_refs(archives: &[Archive], refs: &mut [(u32, u32)], labels: &mut [u32]) {
-    let mut keyed: Vec<(u32, (u32, u32))> = labels.iter().copied().zip(refs.iter().copied()).collect();
-    keyed.sort_by(|(la, a), (lb, b)| {
-        let name = |(arch, rec): (u32, u32)| {
-            let index = &archives[arch as usize].index;
-            split_dir(index.name(&index.record(rec as usize)))
-        };
-        (la, name(*a), a).cmp(&(lb, name(*b), b))
-    });
-    for (i, (label, r)) in keyed.into_iter().enumerate() {
+    /// (label, (folder, file), (archive, record))
+    type Key<'a> = (u32, (&'a str, &'a str), (u32, u32));
+    let mut keyed: Vec<Key<'_>> = labels
+        .iter()
+        .zip(refs.iter())
+        .map(|(&label, &(a, r))| {
+            let index = &archives[a as usize].index;
+            (
+                label,
+                split_dir(index.name(&index.record(r as usize))),
+                (a, r),
+            )
+        })
+        .collect();
+    keyed.sort_unstable();
+    for (i, (label, _, r)) in keyed.into_iter().enumerate() {
         labels[i] = label;
         refs[i] = r;
     }
@@ -113,8 +142,13 @@ fn shard_classes(dir: &Path) -> Result<Option<Vec<String>>> {
     let manifest = dir.join("manifest.json");
     if manifest.is_file() {
         let text = std::fs::read(&manifest).map_err(io_err(&manifest))?;
-        let bad = |reason: String| Error::LabelsFile { path: manifest.clone(), line: 0, reason };
-        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let bad = |reason: String| Error::LabelsFile {
+            path: manifest.clone(),
+            line: 0,
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let list = match &value {
             serde_json::Value::Array(a) => Some(a),
             serde_json::Value::Object(o) => o.get("classes").and_then(|c| c.as_array()),
@@ -136,7 +170,11 @@ fn shard_classes(dir: &Path) -> Result<Option<Vec<String>>> {
             names.pop();
         }
         if let Some(n) = names.iter().position(|l| l.is_empty()) {
-            return Err(Error::LabelsFile { path: classes, line: n + 1, reason: "empty class name".into() });
+            return Err(Error::LabelsFile {
+                path: classes,
+                line: n + 1,
+                reason: "empty class name".into(),
+            });
         }
         return Ok(Some(names));
     }
@@ -145,14 +183,31 @@ fn shard_classes(dir: &Path) -> Result<Option<Vec<String>>> {
 
 impl TarSource {
     /// Opens one tar of any layout.
-    pub(crate) fn open_tar(path: &Path, opts: &OpenOptions, report: &mut OpenReport) -> Result<TarSource> {
-        let mode = if opts.labels.is_some() { Mode::Flat } else { Mode::Auto };
+    pub(crate) fn open_tar(
+        path: &Path,
+        opts: &OpenOptions,
+        report: &mut OpenReport,
+    ) -> Result<TarSource> {
+        let mode = if opts.labels.is_some() {
+            Mode::Flat
+        } else {
+            Mode::Auto
+        };
         let archive = map_tar(path, mode, opts, report)?;
         match archive.index.kind {
             Kind::ClassFolders | Kind::TarOfTars => {
-                let layout = if archive.index.kind == Kind::TarOfTars { Layout::TarOfTars } else { Layout::TarClassFolders };
+                let layout = if archive.index.kind == Kind::TarOfTars {
+                    Layout::TarOfTars
+                } else {
+                    Layout::TarClassFolders
+                };
                 report.layout = layout;
-                Ok(TarSource { classes: archive.index.classes(), archives: vec![archive], order: Order::Direct, layout })
+                Ok(TarSource {
+                    classes: archive.index.classes(),
+                    archives: vec![archive],
+                    order: Order::Direct,
+                    layout,
+                })
             }
             Kind::Flat => {
                 report.layout = Layout::FlatTar;
@@ -182,14 +237,21 @@ impl TarSource {
                 })
             }
             Kind::Webdataset => {
-                let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 Self::shards(dir, vec![archive], report)
             }
         }
     }
 
     /// Opens a folder of webdataset shards (`*.tar`).
-    pub(crate) fn open_shard_dir(dir: &Path, opts: &OpenOptions, report: &mut OpenReport) -> Result<TarSource> {
+    pub(crate) fn open_shard_dir(
+        dir: &Path,
+        opts: &OpenOptions,
+        report: &mut OpenReport,
+    ) -> Result<TarSource> {
         let mut tars = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let entry = entry.map_err(io_err(dir))?;
@@ -203,11 +265,15 @@ impl TarSource {
         if tars.is_empty() {
             return Err(Error::EmptyDataset {
                 path: dir.to_owned(),
-                reason: "no class folders and no .tar shards; couldn't find any class folder".into(),
+                reason: "no class folders and no .tar shards; couldn't find any class folder"
+                    .into(),
             });
         }
         tars.sort();
-        let archives = tars.iter().map(|t| map_tar(t, Mode::Shard, opts, report)).collect::<Result<Vec<_>>>()?;
+        let archives = tars
+            .iter()
+            .map(|t| map_tar(t, Mode::Shard, opts, report))
+            .collect::<Result<Vec<_>>>()?;
         Self::shards(dir, archives, report)
     }
 
@@ -222,7 +288,10 @@ impl TarSource {
             }
         }
         if refs.len() >= NONE as usize {
-            return Err(Error::Layout { path: dir.to_owned(), reason: "more than 2^32-1 samples".into() });
+            return Err(Error::Layout {
+                path: dir.to_owned(),
+                reason: "more than 2^32-1 samples".into(),
+            });
         }
         let classes = match shard_classes(dir)? {
             Some(classes) => {
@@ -253,7 +322,12 @@ impl TarSource {
             }
         };
         sort_refs(&archives, &mut refs, &mut labels);
-        Ok(TarSource { archives, classes, order: Order::Mapped { refs, labels }, layout: Layout::Shards })
+        Ok(TarSource {
+            archives,
+            classes,
+            order: Order::Mapped { refs, labels },
+            layout: Layout::Shards,
+        })
     }
 
     fn locate(&self, index: usize) -> (&Archive, usize) {
@@ -291,12 +365,19 @@ impl Source for TarSource {
         let rec = archive.index.record(r);
         // Every record was checked against the tar's size when the index was loaded; `get` keeps a
         // mismatch an error rather than a panic all the same.
-        let range = usize::try_from(rec.offset).ok().zip(usize::try_from(rec.offset + rec.len).ok());
-        range.and_then(|(start, end)| archive.map.get(start..end)).ok_or_else(|| Error::Archive {
-            archive: archive.path.clone(),
-            offset: rec.offset,
-            reason: format!("sample {index} ({} bytes) lies past the end of the archive", rec.len),
-        })
+        let range = usize::try_from(rec.offset)
+            .ok()
+            .zip(usize::try_from(rec.offset + rec.len).ok());
+        range
+            .and_then(|(start, end)| archive.map.get(start..end))
+            .ok_or_else(|| Error::Archive {
+                archive: archive.path.clone(),
+                offset: rec.offset,
+                reason: format!(
+                    "sample {index} ({} bytes) lies past the end of the archive",
+                    rec.len
+                ),
+            })
     }
 
     fn name(&self, index: usize) -> String {
@@ -306,7 +387,11 @@ impl Source for TarSource {
         if rec.group == NONE {
             format!("{} › {name}", archive.path.display())
         } else {
-            format!("{} › {} › {name}", archive.path.display(), archive.index.group(rec.group))
+            format!(
+                "{} › {} › {name}",
+                archive.path.display(),
+                archive.index.group(rec.group)
+            )
         }
     }
 }

@@ -43,7 +43,10 @@ impl Kind {
 
     pub(crate) fn fits(self, mode: Mode) -> bool {
         match mode {
-            Mode::Auto => matches!(self, Kind::ClassFolders | Kind::TarOfTars | Kind::Webdataset),
+            Mode::Auto => matches!(
+                self,
+                Kind::ClassFolders | Kind::TarOfTars | Kind::Webdataset
+            ),
             Mode::Flat => self == Kind::Flat,
             Mode::Shard => self == Kind::Webdataset,
         }
@@ -96,7 +99,13 @@ impl Listing {
     fn push(&mut self, m: Member<'_>) {
         let start = self.paths.len();
         self.paths.push_str(m.path);
-        self.ents.push(Ent { start, end: self.paths.len(), offset: m.offset, len: m.len, is_dir: m.is_dir });
+        self.ents.push(Ent {
+            start,
+            end: self.paths.len(),
+            offset: m.offset,
+            len: m.len,
+            is_dir: m.is_dir,
+        });
     }
 
     fn path(&self, e: &Ent) -> &str {
@@ -135,7 +144,10 @@ fn is_image_file(path: &str, e: &Ent) -> bool {
 fn wds_split(path: &str) -> (&str, &str) {
     let (dir, base) = split_dir(path);
     match base.find('.') {
-        Some(dot) => (&path[..dir.len() + usize::from(!dir.is_empty()) + dot], &base[dot + 1..]),
+        Some(dot) => (
+            &path[..dir.len() + usize::from(!dir.is_empty()) + dot],
+            &base[dot + 1..],
+        ),
         None => (path, ""),
     }
 }
@@ -149,12 +161,23 @@ pub(crate) fn build(data: &[u8], archive: &Path, mode: Mode) -> Result<Built> {
         Ok(())
     })?;
     if out.members == 0 {
-        return Err(Error::EmptyDataset { path: archive.to_owned(), reason: "the tar has no members".into() });
+        return Err(Error::EmptyDataset {
+            path: archive.to_owned(),
+            reason: "the tar has no members".into(),
+        });
     }
-    let visible_files = || list.ents.iter().filter(|e| !e.is_dir && !hidden(list.path(e)));
+    let visible_files = || {
+        list.ents
+            .iter()
+            .filter(|e| !e.is_dir && !hidden(list.path(e)))
+    };
     let has_cls = visible_files().any(|e| wds_split(list.path(e)).1.eq_ignore_ascii_case("cls"));
     let has_images = visible_files().any(|e| file_kind(basename(list.path(e))) == FileKind::Image);
-    let has_tars = visible_files().any(|e| basename(list.path(e)).to_ascii_lowercase().ends_with(".tar"));
+    let has_tars = visible_files().any(|e| {
+        basename(list.path(e))
+            .to_ascii_lowercase()
+            .ends_with(".tar")
+    });
     match mode {
         Mode::Flat => flat(&list, archive, &mut out)?,
         Mode::Shard | Mode::Auto if has_cls => webdataset(&list, data, archive, &mut out)?,
@@ -179,7 +202,10 @@ pub(crate) fn build(data: &[u8], archive: &Path, mode: Mode) -> Result<Built> {
         });
     }
     if out.records.len() >= NONE as usize {
-        return Err(Error::Layout { path: archive.to_owned(), reason: "more than 2^32-1 images in one tar".into() });
+        return Err(Error::Layout {
+            path: archive.to_owned(),
+            reason: "more than 2^32-1 images in one tar".into(),
+        });
     }
     Ok(out)
 }
@@ -205,13 +231,24 @@ fn flat(list: &Listing, _archive: &Path, out: &mut Built) -> Result<()> {
 fn push_rec(out: &mut Built, name: &str, offset: u64, len: u64, label: u32, group: u32) {
     let name_start = out.names.len();
     out.names.push_str(name);
-    out.records.push(Rec { offset, len, label, group, name_start, name_end: out.names.len() });
+    out.records.push(Rec {
+        offset,
+        len,
+        label,
+        group,
+        name_start,
+        name_end: out.names.len(),
+    });
 }
 
 fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> {
     out.kind = Some(Kind::ClassFolders);
     let visible: Vec<&Ent> = list.ents.iter().filter(|e| !hidden(list.path(e))).collect();
-    let images: Vec<&Ent> = visible.iter().copied().filter(|e| is_image_file(list.path(e), e)).collect();
+    let images: Vec<&Ent> = visible
+        .iter()
+        .copied()
+        .filter(|e| is_image_file(list.path(e), e))
+        .collect();
     if images.is_empty() {
         return Ok(()); // reported as an empty dataset by the caller
     }
@@ -244,7 +281,9 @@ fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> 
             class_names.insert(class);
         }
     }
-    let in_class = images.iter().any(|e| class_of(list.path(e), false).is_some());
+    let in_class = images
+        .iter()
+        .any(|e| class_of(list.path(e), false).is_some());
     if !in_class {
         return Err(Error::Layout {
             path: archive.to_owned(),
@@ -254,7 +293,12 @@ fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> 
         });
     }
     out.classes = class_names.into_iter().collect();
-    let label_of: HashMap<&str, u32> = out.classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+    let label_of: HashMap<&str, u32> = out
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i as u32))
+        .collect();
     let mut samples: Vec<(u32, &str, &Ent)> = Vec::with_capacity(images.len());
     for e in &list.ents {
         let path = list.path(e);
@@ -277,8 +321,20 @@ fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> 
 }
 
 fn empty_classes(archive: &Path, classes: &[String], seen: &[bool]) -> Result<()> {
-    let empty: Vec<String> = classes.iter().zip(seen).filter(|(_, s)| !**s).map(|(c, _)| c.clone()).collect();
-    if empty.is_empty() { Ok(()) } else { Err(Error::EmptyClasses { path: archive.to_owned(), classes: empty }) }
+    let empty: Vec<String> = classes
+        .iter()
+        .zip(seen)
+        .filter(|(_, s)| !**s)
+        .map(|(c, _)| c.clone())
+        .collect();
+    if empty.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::EmptyClasses {
+            path: archive.to_owned(),
+            classes: empty,
+        })
+    }
 }
 
 fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> Result<()> {
@@ -287,7 +343,10 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
     for e in &list.ents {
         let path = list.path(e);
         let base = basename(path);
-        let is_tar = !e.is_dir && !hidden(path) && base.len() > 4 && base[base.len() - 4..].eq_ignore_ascii_case(".tar");
+        let is_tar = !e.is_dir
+            && !hidden(path)
+            && base.len() > 4
+            && base[base.len() - 4..].eq_ignore_ascii_case(".tar");
         if !is_tar {
             count_other(&mut out.skipped, path, e.is_dir);
             continue;
@@ -296,7 +355,10 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
         if let Some(prev) = inner.insert(class.clone(), e) {
             return Err(Error::Layout {
                 path: archive.to_owned(),
-                reason: format!("two inner tars name class `{class}`: `{}` and `{path}`", list.path(prev)),
+                reason: format!(
+                    "two inner tars name class `{class}`: `{}` and `{path}`",
+                    list.path(prev)
+                ),
             });
         }
     }
@@ -313,14 +375,24 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
                 path: archive.to_owned(),
                 member: Some(inner_path.to_owned()),
                 kind,
-                hint: format!("{cmd} {inner_path}"),
+                hint: format!(
+                    "tar -xOf '{}' '{inner_path}' | {cmd} > '{inner_path}', for every inner tar, then tar them again",
+                    archive.display()
+                ),
             });
         }
         let mut members = Listing::default();
-        out.members += tarscan::scan(bytes, e.offset, archive, Some(inner_path), &mut out.skipped, |m| {
-            members.push(m);
-            Ok(())
-        })?;
+        out.members += tarscan::scan(
+            bytes,
+            e.offset,
+            archive,
+            Some(inner_path),
+            &mut out.skipped,
+            |m| {
+                members.push(m);
+                Ok(())
+            },
+        )?;
         let mut samples: Vec<&Ent> = Vec::new();
         for m in &members.ents {
             let path = members.path(m);
@@ -375,7 +447,10 @@ fn webdataset(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> R
             if let Some(prev) = slot.image {
                 return Err(Error::Layout {
                     path: archive.to_owned(),
-                    reason: format!("webdataset key `{key}` has two images: `{}` and `{path}`", list.path(prev)),
+                    reason: format!(
+                        "webdataset key `{key}` has two images: `{}` and `{path}`",
+                        list.path(prev)
+                    ),
                 });
             }
             slot.image = Some(e);
@@ -389,7 +464,9 @@ fn webdataset(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> R
     for sample in by_key.values() {
         match (sample.image, sample.label) {
             (Some(e), Some(label)) => samples.push((label, list.path(e), e)),
-            (Some(e), None) => push_limited(&mut missing, &mut missing_count, || list.path(e).to_owned()),
+            (Some(e), None) => {
+                push_limited(&mut missing, &mut missing_count, || list.path(e).to_owned())
+            }
             (None, _) => {}
         }
     }

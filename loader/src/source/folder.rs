@@ -35,7 +35,10 @@ impl std::fmt::Debug for FolderSource {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 #[cfg(unix)]
@@ -79,7 +82,9 @@ fn dir_id(_meta: &fs::Metadata) -> (u64, u64) {
 pub(crate) fn has_class_dirs(root: &Path) -> Result<bool> {
     for entry in fs::read_dir(root).map_err(io_err(root))? {
         let entry = entry.map_err(io_err(root))?;
-        if !os_bytes(&entry.file_name()).starts_with(b".") && fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
+        if !os_bytes(&entry.file_name()).starts_with(b".")
+            && fs::metadata(entry.path()).is_ok_and(|m| m.is_dir())
+        {
             return Ok(true);
         }
     }
@@ -156,7 +161,11 @@ fn dir_file(p: &[u8]) -> (&[u8], &[u8]) {
 }
 
 impl FolderSource {
-    fn from_found(root: &Path, classes: Vec<String>, found: Vec<(u32, Vec<u8>, u64)>) -> FolderSource {
+    fn from_found(
+        root: &Path,
+        classes: Vec<String>,
+        found: Vec<(u32, Vec<u8>, u64)>,
+    ) -> FolderSource {
         let mut paths = Vec::new();
         let mut ends = Vec::with_capacity(found.len());
         let mut labels = Vec::with_capacity(found.len());
@@ -165,7 +174,13 @@ impl FolderSource {
             ends.push(paths.len());
             labels.push(label);
         }
-        FolderSource { root: root.to_owned(), classes, paths, ends, labels }
+        FolderSource {
+            root: root.to_owned(),
+            classes,
+            paths,
+            ends,
+            labels,
+        }
     }
 
     /// Opens a folder of class folders.
@@ -181,16 +196,27 @@ impl FolderSource {
             }
         }
         if class_dirs.is_empty() {
-            return Err(Error::EmptyDataset { path: root.to_owned(), reason: "couldn't find any class folder".into() });
+            return Err(Error::EmptyDataset {
+                path: root.to_owned(),
+                reason: "couldn't find any class folder".into(),
+            });
         }
         let mut classes = Vec::with_capacity(class_dirs.len());
         let mut found = Vec::new();
         let mut empty = Vec::new();
-        let root_id = fs::metadata(root).map(|m| dir_id(&m)).map_err(io_err(root))?;
+        let root_id = fs::metadata(root)
+            .map(|m| dir_id(&m))
+            .map_err(io_err(root))?;
         for (label, (name, path, id)) in class_dirs.into_iter().enumerate() {
             let class = String::from_utf8_lossy(&name).into_owned();
             let mut images = Vec::new();
-            walk(&path, &name, &mut vec![root_id, id], &mut skipped, &mut images)?;
+            walk(
+                &path,
+                &name,
+                &mut vec![root_id, id],
+                &mut skipped,
+                &mut images,
+            )?;
             if images.is_empty() {
                 empty.push(class.clone());
             }
@@ -199,7 +225,10 @@ impl FolderSource {
             found.extend(images.into_iter().map(|(p, size)| (label as u32, p, size)));
         }
         if !empty.is_empty() {
-            return Err(Error::EmptyClasses { path: root.to_owned(), classes: empty });
+            return Err(Error::EmptyClasses {
+                path: root.to_owned(),
+                classes: empty,
+            });
         }
         report.skipped.add(&skipped);
         report.image_bytes = found.iter().map(|f| f.2).sum();
@@ -207,22 +236,36 @@ impl FolderSource {
     }
 
     /// Opens a folder of images labelled by `opts.labels`; images in sub-folders count too.
-    pub(crate) fn open_flat(root: &Path, opts: &OpenOptions, report: &mut OpenReport) -> Result<FolderSource> {
+    pub(crate) fn open_flat(
+        root: &Path,
+        opts: &OpenOptions,
+        report: &mut OpenReport,
+    ) -> Result<FolderSource> {
         report.layout = Layout::FlatFolder;
-        let labels = LabelSet::load(opts.labels.as_deref().unwrap_or(Path::new("")), opts.synsets.as_deref())?;
+        let labels = LabelSet::load(
+            opts.labels.as_deref().unwrap_or(Path::new("")),
+            opts.synsets.as_deref(),
+        )?;
         let mut skipped = Skipped::default();
         let mut images = Vec::new();
-        let root_id = fs::metadata(root).map(|m| dir_id(&m)).map_err(io_err(root))?;
+        let root_id = fs::metadata(root)
+            .map(|m| dir_id(&m))
+            .map_err(io_err(root))?;
         walk(root, &[], &mut vec![root_id], &mut skipped, &mut images)?;
         if images.is_empty() {
-            return Err(Error::EmptyDataset { path: root.to_owned(), reason: "no .jpg/.jpeg/.png file".into() });
+            return Err(Error::EmptyDataset {
+                path: root.to_owned(),
+                reason: "no .jpg/.jpeg/.png file".into(),
+            });
         }
         let (mut missing, mut missing_count) = (Vec::new(), 0);
         let mut found = Vec::with_capacity(images.len());
         for (p, size) in images {
             match labels.get(&String::from_utf8_lossy(&p)) {
                 Some(l) => found.push((l, p, size)),
-                None => push_limited(&mut missing, &mut missing_count, || String::from_utf8_lossy(&p).into_owned()),
+                None => push_limited(&mut missing, &mut missing_count, || {
+                    String::from_utf8_lossy(&p).into_owned()
+                }),
             }
         }
         labels.check(missing, missing_count)?;
@@ -259,7 +302,9 @@ impl Source for FolderSource {
         use std::io::Read;
         let path = self.path(index);
         scratch.clear();
-        fs::File::open(&path).and_then(|mut f| f.read_to_end(scratch)).map_err(io_err(&path))?;
+        fs::File::open(&path)
+            .and_then(|mut f| f.read_to_end(scratch))
+            .map_err(io_err(&path))?;
         Ok(scratch)
     }
 

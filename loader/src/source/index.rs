@@ -118,7 +118,10 @@ pub(crate) fn checksum(bytes: &[u8]) -> u32 {
 
 /// Serialises `built` for a tar of `tar_size` bytes modified at `tar_mtime` (ns since the epoch).
 pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) -> Result<Vec<u8>> {
-    let too_big = |what: &str| Error::Index { path: path.to_owned(), reason: format!("too many {what} for format v1") };
+    let too_big = |what: &str| Error::Index {
+        path: path.to_owned(),
+        reason: format!("too many {what} for format v1"),
+    };
     let kind = built.kind.ok_or_else(|| too_big("layouts"))?;
     let mut strings = built.names.clone();
     let mut refs = |s: &str| {
@@ -132,7 +135,8 @@ pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) 
         return Err(too_big("name bytes"));
     }
     let n = built.records.len();
-    let total = HEADER + n * RECORD + (class_refs.len() + group_refs.len()) * STR_REF + strings.len();
+    let total =
+        HEADER + n * RECORD + (class_refs.len() + group_refs.len()) * STR_REF + strings.len();
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -140,8 +144,16 @@ pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) 
     out.extend_from_slice(&tar_size.to_le_bytes());
     out.extend_from_slice(&tar_mtime.to_le_bytes());
     out.extend_from_slice(&(n as u64).to_le_bytes());
-    out.extend_from_slice(&u32::try_from(class_refs.len()).map_err(|_| too_big("classes"))?.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(group_refs.len()).map_err(|_| too_big("inner tars"))?.to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(class_refs.len())
+            .map_err(|_| too_big("classes"))?
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(
+        &u32::try_from(group_refs.len())
+            .map_err(|_| too_big("inner tars"))?
+            .to_le_bytes(),
+    );
     out.extend_from_slice(&(strings.len() as u64).to_le_bytes());
     out.extend_from_slice(&built.members.to_le_bytes());
     for v in skipped_slots(&built.skipped) {
@@ -171,17 +183,26 @@ pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) 
 impl IndexData {
     /// Validates `bytes` as the index of a tar of `tar_size` bytes modified at `tar_mtime`. The error is
     /// why it cannot be used.
-    fn parse(bytes: Bytes, tar_size: u64, tar_mtime: i64) -> std::result::Result<IndexData, String> {
+    fn parse(
+        bytes: Bytes,
+        tar_size: u64,
+        tar_mtime: i64,
+    ) -> std::result::Result<IndexData, String> {
         let b: &[u8] = &bytes;
         if b.len() < HEADER {
-            return Err(format!("truncated: {} bytes, the header alone is {HEADER}", b.len()));
+            return Err(format!(
+                "truncated: {} bytes, the header alone is {HEADER}",
+                b.len()
+            ));
         }
         if b[..8] != MAGIC {
             return Err("not an imgtoolkit index (bad magic)".into());
         }
         let version = u32_at(b, 8);
         if version != VERSION {
-            return Err(format!("format version {version}, this build reads version {VERSION}"));
+            return Err(format!(
+                "format version {version}, this build reads version {VERSION}"
+            ));
         }
         let count = u64_at(b, 32);
         let class_count = u32_at(b, 40) as u64;
@@ -202,9 +223,12 @@ impl IndexData {
         let stored = u32_at(b, CRC_AT);
         let actual = checksum(b);
         if stored != actual {
-            return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x}): corrupt"));
+            return Err(format!(
+                "checksum mismatch (stored {stored:08x}, computed {actual:08x}): corrupt"
+            ));
         }
-        let kind = Kind::from_u32(u32_at(b, 12)).ok_or_else(|| format!("unknown layout {}", u32_at(b, 12)))?;
+        let kind = Kind::from_u32(u32_at(b, 12))
+            .ok_or_else(|| format!("unknown layout {}", u32_at(b, 12)))?;
         let (size, mtime) = (u64_at(b, 16), u64_at(b, 24) as i64);
         if size != tar_size || mtime != tar_mtime {
             return Err(format!(
@@ -220,15 +244,20 @@ impl IndexData {
         let classes_at = HEADER + count * RECORD;
         let groups_at = classes_at + class_count as usize * STR_REF;
         let strings_at = groups_at + group_count as usize * STR_REF;
-        let strings = std::str::from_utf8(&b[strings_at..]).map_err(|e| format!("names are not UTF-8: {e}"))?;
+        let strings = std::str::from_utf8(&b[strings_at..])
+            .map_err(|e| format!("names are not UTF-8: {e}"))?;
         let str_ok = |at: u32, len: u32| {
             let end = at as u64 + len as u64;
-            end <= strings.len() as u64 && strings.is_char_boundary(at as usize) && strings.is_char_boundary(end as usize)
+            end <= strings.len() as u64
+                && strings.is_char_boundary(at as usize)
+                && strings.is_char_boundary(end as usize)
         };
         for i in 0..(class_count + group_count) as usize {
             let at = classes_at + i * STR_REF;
             if !str_ok(u32_at(b, at), u32_at(b, at + 4)) {
-                return Err(format!("class or inner tar name {i} lies outside the name table"));
+                return Err(format!(
+                    "class or inner tar name {i} lies outside the name table"
+                ));
             }
         }
         let index = IndexData {
@@ -245,7 +274,10 @@ impl IndexData {
         };
         for i in 0..count {
             let r = index.decode(b, i);
-            let in_bounds = r.offset.checked_add(r.len).is_some_and(|end| end <= tar_size);
+            let in_bounds = r
+                .offset
+                .checked_add(r.len)
+                .is_some_and(|end| end <= tar_size);
             if !in_bounds {
                 return Err(format!(
                     "record {i} points at bytes {}..+{} past the end of the {tar_size}-byte tar",
@@ -262,7 +294,10 @@ impl IndexData {
                 _ => r.group == NONE,
             };
             if !label_ok || !group_ok {
-                return Err(format!("record {i} has label {} / inner tar {}, out of range", r.label, r.group));
+                return Err(format!(
+                    "record {i} has label {} / inner tar {}, out of range",
+                    r.label, r.group
+                ));
             }
             if !str_ok(r.name_off, r.name_len) {
                 return Err(format!("record {i}'s name lies outside the name table"));
@@ -289,7 +324,11 @@ impl IndexData {
 
     /// Record `i`. Panics if `i >= len()`.
     pub(crate) fn record(&self, i: usize) -> Record {
-        assert!(i < self.count, "sample {i} out of range (len {})", self.count);
+        assert!(
+            i < self.count,
+            "sample {i} out of range (len {})",
+            self.count
+        );
         self.decode(&self.bytes, i)
     }
 
@@ -308,7 +347,9 @@ impl IndexData {
     }
 
     pub(crate) fn classes(&self) -> Vec<String> {
-        (0..self.class_count).map(|i| self.str_ref(self.classes_at + i * STR_REF).to_owned()).collect()
+        (0..self.class_count)
+            .map(|i| self.str_ref(self.classes_at + i * STR_REF).to_owned())
+            .collect()
     }
 
     /// Name of inner tar `g`.
@@ -332,14 +373,20 @@ fn cache_dir(opts: &OpenOptions) -> Option<PathBuf> {
     if let Some(d) = &opts.cache_dir {
         return Some(d.clone());
     }
-    let env_dir = |k: &str| std::env::var_os(k).map(PathBuf::from).filter(|p| p.is_absolute());
+    let env_dir = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
     let base = env_dir("XDG_CACHE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".cache")))?;
     Some(base.join("imgtoolkit").join("index"))
 }
 
 /// FNV-1a, 64 bits: names cache files after the tar's canonical path.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub(crate) fn cache_path(tar: &Path, opts: &OpenOptions) -> Option<PathBuf> {
@@ -350,7 +397,11 @@ pub(crate) fn cache_path(tar: &Path, opts: &OpenOptions) -> Option<PathBuf> {
 }
 
 /// Loads the index at `path`: `Ok(None)` when there is none, `Err(reason)` when it cannot be used.
-fn load(path: &Path, tar_size: u64, tar_mtime: i64) -> std::result::Result<Option<IndexData>, String> {
+fn load(
+    path: &Path,
+    tar_size: u64,
+    tar_mtime: i64,
+) -> std::result::Result<Option<IndexData>, String> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -361,7 +412,10 @@ fn load(path: &Path, tar_size: u64, tar_mtime: i64) -> std::result::Result<Optio
         return Err("not a regular file".into());
     }
     if meta.len() < HEADER as u64 {
-        return Err(format!("truncated: {} bytes, the header alone is {HEADER}", meta.len()));
+        return Err(format!(
+            "truncated: {} bytes, the header alone is {HEADER}",
+            meta.len()
+        ));
     }
     // SAFETY: the map is read-only and private to this process. Index files are only ever replaced by
     // rename (see `save`), never rewritten in place, so the mapped inode keeps its contents; a user
@@ -375,12 +429,17 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to `dest` through a temporary file and a rename, so readers see the old index or the
 /// new one, never half of one.
 fn save(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = dest.file_name().unwrap_or_default().to_string_lossy();
     let stem = name.strip_suffix(".idx").unwrap_or(&name);
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{stem}.{}-{seq}.idx.tmp", std::process::id()));
-    let result = File::create(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|()| std::fs::rename(&tmp, dest));
+    let result = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, dest));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -400,7 +459,9 @@ pub(crate) fn obtain(
     let size = data.len() as u64;
     let sidecar = sidecar_path(tar);
     let cache = cache_path(tar, opts);
-    let candidates: Vec<&Path> = std::iter::once(sidecar.as_path()).chain(cache.as_deref()).collect();
+    let candidates: Vec<&Path> = std::iter::once(sidecar.as_path())
+        .chain(cache.as_deref())
+        .collect();
     if opts.index != IndexPolicy::Rebuild {
         for path in &candidates {
             match load(path, size, mtime) {
@@ -409,9 +470,14 @@ pub(crate) fn obtain(
                     report.index_files.push(path.to_path_buf());
                     return Ok(index);
                 }
-                Ok(Some(_)) => report.notes.push(format!("index {} was built for another layout", path.display())),
+                Ok(Some(_)) => report.notes.push(format!(
+                    "index {} was built for another layout",
+                    path.display()
+                )),
                 Ok(None) => {}
-                Err(reason) => report.notes.push(format!("index {} not used: {reason}", path.display())),
+                Err(reason) => report
+                    .notes
+                    .push(format!("index {} not used: {reason}", path.display())),
             }
         }
     }
@@ -421,7 +487,10 @@ pub(crate) fn obtain(
     let bytes = encode(&built, size, mtime, &sidecar)?;
     drop(built);
     if opts.index == IndexPolicy::ReadOnly {
-        report.notes.push(format!("index of {} built in memory (read-only policy: nothing written)", tar.display()));
+        report.notes.push(format!(
+            "index of {} built in memory (read-only policy: nothing written)",
+            tar.display()
+        ));
     } else {
         let mut saved = false;
         for path in &candidates {
@@ -434,13 +503,19 @@ pub(crate) fn obtain(
                     saved = true;
                     break;
                 }
-                Err(e) => report.notes.push(format!("cannot write index {}: {e}", path.display())),
+                Err(e) => report
+                    .notes
+                    .push(format!("cannot write index {}: {e}", path.display())),
             }
         }
         if !saved {
-            report.notes.push(format!("index of {} kept in memory only", tar.display()));
+            report
+                .notes
+                .push(format!("index of {} kept in memory only", tar.display()));
         }
     }
-    IndexData::parse(Bytes::Owned(bytes), size, mtime)
-        .map_err(|reason| Error::Index { path: sidecar, reason: format!("freshly built index rejected: {reason}") })
+    IndexData::parse(Bytes::Owned(bytes), size, mtime).map_err(|reason| Error::Index {
+        path: sidecar,
+        reason: format!("freshly built index rejected: {reason}"),
+    })
 }

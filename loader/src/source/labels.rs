@@ -41,7 +41,10 @@ pub(crate) fn key_of(name: &str) -> &str {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     String::from_utf8(bytes).map_err(|e| Error::LabelsFile {
         path: path.to_owned(),
         line: 0,
@@ -50,12 +53,20 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 fn bad(path: &Path, line: usize, reason: impl Into<String>) -> Error {
-    Error::LabelsFile { path: path.to_owned(), line, reason: reason.into() }
+    Error::LabelsFile {
+        path: path.to_owned(),
+        line,
+        reason: reason.into(),
+    }
 }
 
 /// Lines with their 1-based numbers; blank lines are skipped only at the end of the file.
 fn lines<'t>(path: &Path, text: &'t str) -> Result<Vec<(usize, &'t str)>> {
-    let mut out: Vec<(usize, &str)> = text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())).collect();
+    let mut out: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim()))
+        .collect();
     while out.last().is_some_and(|(_, l)| l.is_empty()) {
         out.pop();
     }
@@ -82,9 +93,17 @@ fn synset_list(path: &Path) -> Result<(Vec<(String, u32)>, bool)> {
     for (i, (n, l)) in rows.iter().enumerate() {
         let mut t = l.split_whitespace();
         let synset = t.next().unwrap_or_default().to_owned();
-        let id = if explicit { t.next().and_then(|id| id.parse().ok()).unwrap_or(0) } else { i as u32 + 1 };
+        let id = if explicit {
+            t.next().and_then(|id| id.parse().ok()).unwrap_or(0)
+        } else {
+            i as u32 + 1
+        };
         if let Some(prev) = seen_synset.insert(synset.clone(), *n) {
-            return Err(bad(path, *n, format!("synset `{synset}` already on line {prev}")));
+            return Err(bad(
+                path,
+                *n,
+                format!("synset `{synset}` already on line {prev}"),
+            ));
         }
         if let Some(prev) = seen_id.insert(id, *n) {
             return Err(bad(path, *n, format!("id {id} already on line {prev}")));
@@ -101,7 +120,10 @@ enum Format {
 }
 
 fn detect(rows: &[(usize, &str)]) -> Format {
-    if rows.first().is_some_and(|(_, l)| l.replace(' ', "").eq_ignore_ascii_case("ImageId,PredictionString")) {
+    if rows.first().is_some_and(|(_, l)| {
+        l.replace(' ', "")
+            .eq_ignore_ascii_case("ImageId,PredictionString")
+    }) {
         Format::LocCsv
     } else if !rows.is_empty() && rows.iter().all(|(_, l)| l.parse::<u32>().is_ok()) {
         Format::GroundTruth
@@ -146,20 +168,28 @@ impl LabelSet {
                          map_clsloc.txt (`n02119789 1 kit_fox` lines) or a list in devkit order",
                     ));
                 }
-                let by_id: HashMap<u32, &str> = list.iter().map(|(s, id)| (*id, s.as_str())).collect();
+                let by_id: HashMap<u32, &str> =
+                    list.iter().map(|(s, id)| (*id, s.as_str())).collect();
                 for (n, l) in &rows {
                     let key = format!("ILSVRC2012_val_{n:08}");
                     let id: u32 = l.parse().unwrap_or(0);
                     match by_id.get(&id) {
                         Some(s) => entries.push((key, s.to_string(), *n)),
-                        None => push_limited(&mut unknown, &mut unknown_count, || format!("{key}: id {id}")),
+                        None => push_limited(&mut unknown, &mut unknown_count, || {
+                            format!("{key}: id {id}")
+                        }),
                     }
                 }
             }
             Format::LocCsv => {
                 for (n, l) in &rows[1..] {
-                    let (id, pred) = l.split_once(',').ok_or_else(|| bad(labels, *n, "expected `ImageId,PredictionString`"))?;
-                    let synset = pred.split_whitespace().next().ok_or_else(|| bad(labels, *n, "empty PredictionString"))?;
+                    let (id, pred) = l
+                        .split_once(',')
+                        .ok_or_else(|| bad(labels, *n, "expected `ImageId,PredictionString`"))?;
+                    let synset = pred
+                        .split_whitespace()
+                        .next()
+                        .ok_or_else(|| bad(labels, *n, "empty PredictionString"))?;
                     entries.push((key_of(id.trim()).to_owned(), synset.to_owned(), *n));
                 }
             }
@@ -167,21 +197,41 @@ impl LabelSet {
                 for (n, l) in &rows {
                     let mut t = l.split_whitespace();
                     let (Some(file), Some(label), None) = (t.next(), t.next(), t.next()) else {
-                        return Err(bad(labels, *n, "expected `filename synset` (two fields, tab or space separated)"));
+                        return Err(bad(
+                            labels,
+                            *n,
+                            "expected `filename synset` (two fields, tab or space separated)",
+                        ));
                     };
                     entries.push((key_of(file).to_owned(), label.to_owned(), *n));
                 }
             }
         }
         let classes: Vec<String> = match &list {
-            Some((list, _)) => list.iter().map(|(s, _)| s.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
-            None => entries.iter().map(|(_, s, _)| s.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+            Some((list, _)) => list
+                .iter()
+                .map(|(s, _)| s.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            None => entries
+                .iter()
+                .map(|(_, s, _)| s.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         };
-        let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+        let index: HashMap<&str, u32> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.as_str(), i as u32))
+            .collect();
         let mut by_key: HashMap<String, (u32, usize)> = HashMap::with_capacity(entries.len());
         for (key, synset, n) in entries {
             let Some(&label) = index.get(synset.as_str()) else {
-                push_limited(&mut unknown, &mut unknown_count, || format!("{key}: {synset}"));
+                push_limited(&mut unknown, &mut unknown_count, || {
+                    format!("{key}: {synset}")
+                });
                 continue;
             };
             if let Some(&(prev, prev_line)) = by_key.get(&key)
@@ -190,7 +240,10 @@ impl LabelSet {
                 return Err(bad(
                     labels,
                     n,
-                    format!("`{key}` labelled `{synset}` here but `{}` on line {prev_line}", classes[prev as usize]),
+                    format!(
+                        "`{key}` labelled `{synset}` here but `{}` on line {prev_line}",
+                        classes[prev as usize]
+                    ),
                 ));
             }
             by_key.insert(key, (label, n));

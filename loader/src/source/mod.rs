@@ -24,6 +24,19 @@
 //!
 //! Tars are memory-mapped and never extracted; each tar gets an index sidecar (`train.tar.idx`, see
 //! `INDEX_FORMAT.md` beside this file) so a second open reads no tar header.
+//!
+//! Tar members: directory entries are skipped; symlinks, hard links, devices, fifos, absolute paths and
+//! paths with a `..` component are rejected and counted, never followed; `./` components are dropped. A
+//! tar of class folders may have one folder above the classes (`train/n01440764/x.JPEG`): it is dropped
+//! when every image is at least three levels deep under it and nothing else is beside it. A tar holding
+//! any `.cls` member is read as a webdataset shard. A tar whose members are `.tar` files and no image is
+//! a tar of tars; the class of an inner tar is its file name without `.tar`.
+//!
+//! Webdataset shards: a sample's key is the member path up to the first dot of its base name
+//! (`n01/x.y.jpg` is key `n01/x`, extension `y.jpg`); `key.jpg`/`.jpeg`/`.png` (any case) is the image,
+//! `key.cls` holds its class index as decimal text; other members (`.json`, …) are skipped. Class names
+//! come from `manifest.json` (`{"classes": [...]}` or `[...]`) or `classes.txt` (one per line) beside the
+//! shards, else are `"0"..="max"`. A shard folder holds `*.tar` files and no sub-folder.
 
 mod archive;
 mod build;
@@ -113,7 +126,8 @@ pub struct Skipped {
     pub unsupported_image: u64,
     /// Directory entries of tars.
     pub directories: u64,
-    /// Hidden files and folders (name starting with `.`); a hidden folder counts once.
+    /// Hidden files and folders (name starting with `.`). On disk a hidden folder counts once (it is not
+    /// entered); in a tar every member under it counts.
     pub hidden: u64,
     /// Files outside any class folder (at the top of a class-folder dataset).
     pub outside_class: u64,
@@ -196,7 +210,10 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Arc<dyn Source>> {
 /// [`open`], also returning what was found and done.
 pub fn open_with_report(path: &Path, opts: &OpenOptions) -> Result<(Arc<dyn Source>, OpenReport)> {
     let mut report = OpenReport::default();
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let source: Arc<dyn Source> = if meta.is_dir() {
         if opts.labels.is_some() {
             Arc::new(folder::FolderSource::open_flat(path, opts, &mut report)?)
@@ -249,7 +266,11 @@ pub(crate) fn split_dir(path: &str) -> (&str, &str) {
 /// Counts up to `LIST_MAX` names of a problem list, keeping the total.
 pub(crate) const LIST_MAX: usize = 20;
 
-pub(crate) fn push_limited(list: &mut Vec<String>, count: &mut usize, item: impl FnOnce() -> String) {
+pub(crate) fn push_limited(
+    list: &mut Vec<String>,
+    count: &mut usize,
+    item: impl FnOnce() -> String,
+) {
     if list.len() < LIST_MAX {
         list.push(item());
     }

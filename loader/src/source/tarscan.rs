@@ -31,13 +31,35 @@ pub(crate) fn compression(head: &[u8]) -> Option<(&'static str, &'static str)> {
         return None;
     }
     let kinds: [(&[u8], &str, &str); 5] = [
-        (&[0x1f, 0x8b], "gzip", "gunzip -k"),
-        (b"BZh", "bzip2", "bunzip2 -k"),
-        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "unxz -k"),
-        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "unzstd"),
-        (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4 -d"),
+        (&[0x1f, 0x8b], "gzip", "gzip -dc"),
+        (b"BZh", "bzip2", "bzip2 -dc"),
+        (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xz -dc"),
+        (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstd -dc"),
+        (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4 -dc"),
     ];
-    kinds.iter().find(|(magic, _, _)| head.starts_with(magic)).map(|&(_, kind, cmd)| (kind, cmd))
+    kinds
+        .iter()
+        .find(|(magic, _, _)| head.starts_with(magic))
+        .map(|&(_, kind, cmd)| (kind, cmd))
+}
+
+/// A shell command that decompresses `input` (with `cmd`, from [`compression`]) to an uncompressed tar.
+pub(crate) fn decompress_hint(cmd: &str, input: &str) -> String {
+    let lower = input.to_ascii_lowercase();
+    let output = [".tgz", ".gz", ".bz2", ".xz", ".zst", ".zstd", ".lz4"]
+        .iter()
+        .find(|ext| lower.ends_with(*ext))
+        .map(|ext| {
+            let stem = &input[..input.len() - ext.len()];
+            if *ext == ".tgz" {
+                format!("{stem}.tar")
+            } else {
+                stem.to_owned()
+            }
+        })
+        .filter(|out| out.to_ascii_lowercase().ends_with(".tar"))
+        .unwrap_or_else(|| format!("{input}.uncompressed.tar"));
+    format!("{cmd} < '{input}' > '{output}'")
 }
 
 fn header_checksum_ok(block: &[u8]) -> bool {
@@ -51,7 +73,17 @@ fn header_checksum_ok(block: &[u8]) -> bool {
     let Ok(stored) = u32::from_str_radix(&text, 8) else {
         return false;
     };
-    let sum: u32 = block.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u32 }).sum();
+    let sum: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                b as u32
+            }
+        })
+        .sum();
     sum == stored
 }
 
@@ -76,14 +108,20 @@ pub(crate) fn scan(
         },
     };
     let mut tar = tar::Archive::new(Cursor::new(data));
-    let entries = tar.entries_with_seek().map_err(|e| at(base, e.to_string()))?;
+    let entries = tar
+        .entries_with_seek()
+        .map_err(|e| at(base, e.to_string()))?;
     // Where the next header starts: where to point at when the tar crate fails on it.
     let mut next_header = base;
     let mut count = 0u64;
     let mut path = String::new();
     for entry in entries {
         let entry = entry.map_err(|e| {
-            let hint = if count == 0 && e.to_string().contains("checksum") { " (not a tar archive?)" } else { "" };
+            let hint = if count == 0 && e.to_string().contains("checksum") {
+                " (not a tar archive?)"
+            } else {
+                ""
+            };
             at(next_header, format!("cannot read tar header: {e}{hint}"))
         })?;
         count += 1;
@@ -148,7 +186,12 @@ pub(crate) fn scan(
             }
             continue;
         }
-        visit(Member { path: &path, is_dir, offset, len })?;
+        visit(Member {
+            path: &path,
+            is_dir,
+            offset,
+            len,
+        })?;
     }
     Ok(count)
 }
