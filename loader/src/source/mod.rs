@@ -101,6 +101,7 @@ pub struct OpenOptions {
 
 /// The layout [`open`] found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Layout {
     /// A folder of class folders.
     #[default]
@@ -119,6 +120,7 @@ pub enum Layout {
 
 /// Entries that were not taken as samples, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Skipped {
     /// Files whose extension is not an image's (also `.cls`/`.json` members of shards).
     pub non_image: u64,
