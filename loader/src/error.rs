@@ -36,6 +36,92 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent. `what` names the setting.
     #[error("invalid {what}: {reason}")]
     Config { what: &'static str, reason: String },
+    /// A tar is malformed or truncated; `offset` is the byte of `archive` where reading went wrong.
+    #[error("{}: at byte {offset}: {reason}", archive.display())]
+    Archive {
+        archive: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A compressed file where random access needs an uncompressed tar. `member` names an inner tar.
+    #[error(
+        "{}{}: {kind}-compressed; tars are read in place with random access, which needs an \
+         uncompressed tar: decompress it once (e.g. `{hint}`)",
+        path.display(), member.as_ref().map(|m| format!(" › {m}")).unwrap_or_default()
+    )]
+    Compressed {
+        path: PathBuf,
+        member: Option<String>,
+        kind: &'static str,
+        hint: String,
+    },
+    /// An index sidecar cannot be built or used.
+    #[error("index {}: {reason}", path.display())]
+    Index { path: PathBuf, reason: String },
+    /// Images without a label, or labels naming an unknown class. The lists hold the first 20 of each.
+    #[error("{}: {}", path.display(), labels_problems(missing, *missing_count, unknown, *unknown_count))]
+    Labels {
+        path: PathBuf,
+        missing: Vec<String>,
+        missing_count: usize,
+        unknown: Vec<String>,
+        unknown_count: usize,
+    },
+    /// A labels or synset-list file cannot be parsed. `line` is 1-based; 0 means the whole file.
+    #[error("{}{}: {reason}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
+    LabelsFile {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    /// The dataset has no image.
+    #[error("{}: no images: {reason}", path.display())]
+    EmptyDataset { path: PathBuf, reason: String },
+    /// Class folders (or per-class tars) without any image; torchvision's `ImageFolder` refuses them too.
+    #[error(
+        "{}: found no valid file for the classes {}. Supported extensions are: .jpg, .jpeg, .png (any case)",
+        path.display(), classes.join(", ")
+    )]
+    EmptyClasses { path: PathBuf, classes: Vec<String> },
+    /// The dataset's layout is not one we read, or is ambiguous.
+    #[error("{}: {reason}", path.display())]
+    Layout { path: PathBuf, reason: String },
+}
+
+fn labels_problems(
+    missing: &[String],
+    missing_count: usize,
+    unknown: &[String],
+    unknown_count: usize,
+) -> String {
+    let mut parts = Vec::new();
+    if missing_count > 0 {
+        parts.push(format!(
+            "{missing_count} image(s) have no label{}",
+            list(missing, missing_count)
+        ));
+    }
+    if unknown_count > 0 {
+        parts.push(format!(
+            "{unknown_count} label(s) name an unknown class{}",
+            list(unknown, unknown_count)
+        ));
+    }
+    parts.join("; ")
+}
+
+/// ` (a, b, … and N more)` for error messages; empty when there is nothing.
+fn list(items: &[String], count: usize) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    let more = count.saturating_sub(items.len());
+    let tail = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(" ({}{tail})", items.join(", "))
 }
 
 /// Shorthand for results of this crate.

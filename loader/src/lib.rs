@@ -2,5 +2,9 @@
 
 pub mod decode;
 pub mod error;
+pub mod source;
 
 pub use error::{Error, Result};
+pub use source::{
+    IndexPolicy, Layout, OpenOptions, OpenReport, Skipped, Source, open, open_with_report,
+};

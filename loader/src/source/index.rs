@@ -1,0 +1,521 @@
+//! The index sidecar: build it, save it, load and validate it. The format is described in
+//! `INDEX_FORMAT.md`; this file is its only reader and writer.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+
+use super::build::{self, Built, Kind, Mode, NONE};
+use super::{IndexPolicy, OpenOptions, OpenReport, Skipped};
+use crate::error::{Error, Result};
+
+pub(crate) const MAGIC: [u8; 8] = *b"IMGTIDX\n";
+pub(crate) const VERSION: u32 = 1;
+const HEADER: usize = 168;
+const CRC_AT: usize = 164;
+const RECORD: usize = 32;
+const STR_REF: usize = 8;
+const SKIP_SLOTS: usize = 12;
+
+/// Index bytes: a map of a sidecar, or built in memory.
+#[derive(Debug)]
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One record, decoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record {
+    pub offset: u64,
+    pub len: u64,
+    pub label: u32,
+    pub group: u32,
+    name_off: u32,
+    name_len: u32,
+}
+
+/// A validated index. Records stay in the bytes and are decoded on access.
+#[derive(Debug)]
+pub(crate) struct IndexData {
+    bytes: Bytes,
+    pub kind: Kind,
+    count: usize,
+    class_count: usize,
+    group_count: usize,
+    classes_at: usize,
+    groups_at: usize,
+    strings_at: usize,
+    pub skipped: Skipped,
+    /// Tar headers read when it was built.
+    pub members: u64,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn skipped_slots(s: &Skipped) -> [u64; SKIP_SLOTS] {
+    [
+        s.non_image,
+        s.unsupported_image,
+        s.directories,
+        s.hidden,
+        s.outside_class,
+        s.links,
+        s.devices,
+        s.absolute,
+        s.dotdot,
+        s.other,
+        0,
+        0,
+    ]
+}
+
+fn skipped_from(v: [u64; SKIP_SLOTS]) -> Skipped {
+    Skipped {
+        non_image: v[0],
+        unsupported_image: v[1],
+        directories: v[2],
+        hidden: v[3],
+        outside_class: v[4],
+        links: v[5],
+        devices: v[6],
+        absolute: v[7],
+        dotdot: v[8],
+        other: v[9],
+    }
+}
+
+/// Checksum of an index file: everything but the checksum field itself.
+pub(crate) fn checksum(bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&bytes[..CRC_AT]);
+    h.update(&bytes[HEADER..]);
+    h.finalize()
+}
+
+/// Serialises `built` for a tar of `tar_size` bytes modified at `tar_mtime` (ns since the epoch).
+pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) -> Result<Vec<u8>> {
+    let too_big = |what: &str| Error::Index {
+        path: path.to_owned(),
+        reason: format!("too many {what} for format v1"),
+    };
+    let kind = built.kind.ok_or_else(|| too_big("layouts"))?;
+    let mut strings = built.names.clone();
+    let mut refs = |s: &str| {
+        let at = strings.len();
+        strings.push_str(s);
+        (at, s.len())
+    };
+    let class_refs: Vec<(usize, usize)> = built.classes.iter().map(|c| refs(c)).collect();
+    let group_refs: Vec<(usize, usize)> = built.groups.iter().map(|g| refs(g)).collect();
+    if strings.len() > u32::MAX as usize {
+        return Err(too_big("name bytes"));
+    }
+    let n = built.records.len();
+    let total =
+        HEADER + n * RECORD + (class_refs.len() + group_refs.len()) * STR_REF + strings.len();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(kind as u32).to_le_bytes());
+    out.extend_from_slice(&tar_size.to_le_bytes());
+    out.extend_from_slice(&tar_mtime.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(class_refs.len())
+            .map_err(|_| too_big("classes"))?
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(
+        &u32::try_from(group_refs.len())
+            .map_err(|_| too_big("inner tars"))?
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&(strings.len() as u64).to_le_bytes());
+    out.extend_from_slice(&built.members.to_le_bytes());
+    for v in skipped_slots(&built.skipped) {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&0u32.to_le_bytes()); // flags
+    out.extend_from_slice(&0u32.to_le_bytes()); // checksum, filled below
+    debug_assert_eq!(out.len(), HEADER);
+    for r in &built.records {
+        out.extend_from_slice(&r.offset.to_le_bytes());
+        out.extend_from_slice(&r.len.to_le_bytes());
+        out.extend_from_slice(&r.label.to_le_bytes());
+        out.extend_from_slice(&r.group.to_le_bytes());
+        out.extend_from_slice(&(r.name_start as u32).to_le_bytes());
+        out.extend_from_slice(&((r.name_end - r.name_start) as u32).to_le_bytes());
+    }
+    for (at, len) in class_refs.iter().chain(&group_refs) {
+        out.extend_from_slice(&(*at as u32).to_le_bytes());
+        out.extend_from_slice(&(*len as u32).to_le_bytes());
+    }
+    out.extend_from_slice(strings.as_bytes());
+    let crc = checksum(&out);
+    out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+impl IndexData {
+    /// Validates `bytes` as the index of a tar of `tar_size` bytes modified at `tar_mtime`. The error is
+    /// why it cannot be used.
+    fn parse(
+        bytes: Bytes,
+        tar_size: u64,
+        tar_mtime: i64,
+    ) -> std::result::Result<IndexData, String> {
+        let b: &[u8] = &bytes;
+        if b.len() < HEADER {
+            return Err(format!(
+                "truncated: {} bytes, the header alone is {HEADER}",
+                b.len()
+            ));
+        }
+        if b[..8] != MAGIC {
+            return Err("not an imgtoolkit index (bad magic)".into());
+        }
+        let version = u32_at(b, 8);
+        if version != VERSION {
+            return Err(format!(
+                "format version {version}, this build reads version {VERSION}"
+            ));
+        }
+        let count = u64_at(b, 32);
+        let class_count = u32_at(b, 40) as u64;
+        let group_count = u32_at(b, 44) as u64;
+        let strings_len = u64_at(b, 48);
+        let expected = count
+            .checked_mul(RECORD as u64)
+            .and_then(|r| r.checked_add((class_count + group_count) * STR_REF as u64))
+            .and_then(|r| r.checked_add(strings_len))
+            .and_then(|r| r.checked_add(HEADER as u64));
+        if expected != Some(b.len() as u64) {
+            return Err(format!(
+                "{} bytes, but its header describes {} (truncated or corrupt)",
+                b.len(),
+                expected.map_or("more than 2^64".into(), |e| e.to_string())
+            ));
+        }
+        let stored = u32_at(b, CRC_AT);
+        let actual = checksum(b);
+        if stored != actual {
+            return Err(format!(
+                "checksum mismatch (stored {stored:08x}, computed {actual:08x}): corrupt"
+            ));
+        }
+        let kind = Kind::from_u32(u32_at(b, 12))
+            .ok_or_else(|| format!("unknown layout {}", u32_at(b, 12)))?;
+        let (size, mtime) = (u64_at(b, 16), u64_at(b, 24) as i64);
+        if size != tar_size || mtime != tar_mtime {
+            return Err(format!(
+                "stale: built for a tar of {size} bytes modified at {mtime} ns, the tar now has {tar_size} bytes \
+                 modified at {tar_mtime} ns"
+            ));
+        }
+        let mut slots = [0u64; SKIP_SLOTS];
+        for (i, s) in slots.iter_mut().enumerate() {
+            *s = u64_at(b, 64 + 8 * i);
+        }
+        let count = count as usize;
+        let classes_at = HEADER + count * RECORD;
+        let groups_at = classes_at + class_count as usize * STR_REF;
+        let strings_at = groups_at + group_count as usize * STR_REF;
+        let strings = std::str::from_utf8(&b[strings_at..])
+            .map_err(|e| format!("names are not UTF-8: {e}"))?;
+        let str_ok = |at: u32, len: u32| {
+            let end = at as u64 + len as u64;
+            end <= strings.len() as u64
+                && strings.is_char_boundary(at as usize)
+                && strings.is_char_boundary(end as usize)
+        };
+        for i in 0..(class_count + group_count) as usize {
+            let at = classes_at + i * STR_REF;
+            if !str_ok(u32_at(b, at), u32_at(b, at + 4)) {
+                return Err(format!(
+                    "class or inner tar name {i} lies outside the name table"
+                ));
+            }
+        }
+        let index = IndexData {
+            kind,
+            count,
+            class_count: class_count as usize,
+            group_count: group_count as usize,
+            classes_at,
+            groups_at,
+            strings_at,
+            skipped: skipped_from(slots),
+            members: u64_at(b, 56),
+            bytes: Bytes::Owned(Vec::new()),
+        };
+        for i in 0..count {
+            let r = index.decode(b, i);
+            let in_bounds = r
+                .offset
+                .checked_add(r.len)
+                .is_some_and(|end| end <= tar_size);
+            if !in_bounds {
+                return Err(format!(
+                    "record {i} points at bytes {}..+{} past the end of the {tar_size}-byte tar",
+                    r.offset, r.len
+                ));
+            }
+            let label_ok = match kind {
+                Kind::ClassFolders | Kind::TarOfTars => (r.label as usize) < index.class_count,
+                Kind::Flat => r.label == NONE,
+                Kind::Webdataset => r.label != NONE,
+            };
+            let group_ok = match kind {
+                Kind::TarOfTars => (r.group as usize) < index.group_count,
+                _ => r.group == NONE,
+            };
+            if !label_ok || !group_ok {
+                return Err(format!(
+                    "record {i} has label {} / inner tar {}, out of range",
+                    r.label, r.group
+                ));
+            }
+            if !str_ok(r.name_off, r.name_len) {
+                return Err(format!("record {i}'s name lies outside the name table"));
+            }
+        }
+        Ok(IndexData { bytes, ..index })
+    }
+
+    fn decode(&self, b: &[u8], i: usize) -> Record {
+        let at = HEADER + i * RECORD;
+        Record {
+            offset: u64_at(b, at),
+            len: u64_at(b, at + 8),
+            label: u32_at(b, at + 16),
+            group: u32_at(b, at + 20),
+            name_off: u32_at(b, at + 24),
+            name_len: u32_at(b, at + 28),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Record `i`. Panics if `i >= len()`.
+    pub(crate) fn record(&self, i: usize) -> Record {
+        assert!(
+            i < self.count,
+            "sample {i} out of range (len {})",
+            self.count
+        );
+        self.decode(&self.bytes, i)
+    }
+
+    fn string(&self, at: u32, len: u32) -> &str {
+        let b = &self.bytes[self.strings_at..];
+        // Validated as UTF-8 on char boundaries at load; the fallback is never taken.
+        std::str::from_utf8(&b[at as usize..(at + len) as usize]).unwrap_or("<invalid name>")
+    }
+
+    pub(crate) fn name(&self, r: &Record) -> &str {
+        self.string(r.name_off, r.name_len)
+    }
+
+    fn str_ref(&self, at: usize) -> &str {
+        self.string(u32_at(&self.bytes, at), u32_at(&self.bytes, at + 4))
+    }
+
+    pub(crate) fn classes(&self) -> Vec<String> {
+        (0..self.class_count)
+            .map(|i| self.str_ref(self.classes_at + i * STR_REF).to_owned())
+            .collect()
+    }
+
+    /// Name of inner tar `g`.
+    pub(crate) fn group(&self, g: u32) -> &str {
+        if (g as usize) < self.group_count {
+            self.str_ref(self.groups_at + g as usize * STR_REF)
+        } else {
+            "?"
+        }
+    }
+}
+
+/// `train.tar` -> `train.tar.idx`.
+pub(crate) fn sidecar_path(tar: &Path) -> PathBuf {
+    let mut s = tar.as_os_str().to_owned();
+    s.push(".idx");
+    PathBuf::from(s)
+}
+
+fn cache_dir(opts: &OpenOptions) -> Option<PathBuf> {
+    if let Some(d) = &opts.cache_dir {
+        return Some(d.clone());
+    }
+    let env_dir = |k: &str| {
+        std::env::var_os(k)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    let base = env_dir("XDG_CACHE_HOME").or_else(|| env_dir("HOME").map(|h| h.join(".cache")))?;
+    Some(base.join("imgtoolkit").join("index"))
+}
+
+/// FNV-1a, 64 bits: names cache files after the tar's canonical path.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub(crate) fn cache_path(tar: &Path, opts: &OpenOptions) -> Option<PathBuf> {
+    let canonical = std::fs::canonicalize(tar).ok()?;
+    let name = canonical.file_name()?.to_string_lossy().into_owned();
+    let hash = fnv1a(canonical.as_os_str().as_encoded_bytes());
+    Some(cache_dir(opts)?.join(format!("{name}-{hash:016x}.idx")))
+}
+
+/// Loads the index at `path`: `Ok(None)` when there is none, `Err(reason)` when it cannot be used.
+fn load(
+    path: &Path,
+    tar_size: u64,
+    tar_mtime: i64,
+) -> std::result::Result<Option<IndexData>, String> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() < HEADER as u64 {
+        return Err(format!(
+            "truncated: {} bytes, the header alone is {HEADER}",
+            meta.len()
+        ));
+    }
+    // SAFETY: the map is read-only and private to this process. Index files are only ever replaced by
+    // rename (see `save`), never rewritten in place, so the mapped inode keeps its contents; a user
+    // truncating it by hand while it is open is outside what we can defend against (as for any mmap).
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    IndexData::parse(Bytes::Map(map), tar_size, tar_mtime).map(Some)
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `dest` through a temporary file and a rename, so readers see the old index or the
+/// new one, never half of one.
+fn save(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let stem = name.strip_suffix(".idx").unwrap_or(&name);
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{stem}.{}-{seq}.idx.tmp", std::process::id()));
+    let result = File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, dest));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Gets the index of the tar at `tar` (mapped as `data`, modified at `mtime`) as `opts.index` says: load,
+/// or build and save. Records what it did in `report`.
+pub(crate) fn obtain(
+    tar: &Path,
+    data: &[u8],
+    mtime: i64,
+    mode: Mode,
+    opts: &OpenOptions,
+    report: &mut OpenReport,
+) -> Result<IndexData> {
+    let size = data.len() as u64;
+    let sidecar = sidecar_path(tar);
+    let cache = cache_path(tar, opts);
+    let candidates: Vec<&Path> = std::iter::once(sidecar.as_path())
+        .chain(cache.as_deref())
+        .collect();
+    if opts.index != IndexPolicy::Rebuild {
+        for path in &candidates {
+            match load(path, size, mtime) {
+                Ok(Some(index)) if index.kind.fits(mode) => {
+                    report.indexes_loaded += 1;
+                    report.index_files.push(path.to_path_buf());
+                    return Ok(index);
+                }
+                Ok(Some(_)) => report.notes.push(format!(
+                    "index {} was built for another layout",
+                    path.display()
+                )),
+                Ok(None) => {}
+                Err(reason) => report
+                    .notes
+                    .push(format!("index {} not used: {reason}", path.display())),
+            }
+        }
+    }
+    let built = build::build(data, tar, mode)?;
+    report.members_scanned += built.members;
+    report.indexes_built += 1;
+    let bytes = encode(&built, size, mtime, &sidecar)?;
+    drop(built);
+    if opts.index == IndexPolicy::ReadOnly {
+        report.notes.push(format!(
+            "index of {} built in memory (read-only policy: nothing written)",
+            tar.display()
+        ));
+    } else {
+        let mut saved = false;
+        for path in &candidates {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            match save(path, &bytes) {
+                Ok(()) => {
+                    report.index_files.push(path.to_path_buf());
+                    saved = true;
+                    break;
+                }
+                Err(e) => report
+                    .notes
+                    .push(format!("cannot write index {}: {e}", path.display())),
+            }
+        }
+        if !saved {
+            report
+                .notes
+                .push(format!("index of {} kept in memory only", tar.display()));
+        }
+    }
+    IndexData::parse(Bytes::Owned(bytes), size, mtime).map_err(|reason| Error::Index {
+        path: sidecar,
+        reason: format!("freshly built index rejected: {reason}"),
+    })
+}
