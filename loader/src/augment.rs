@@ -67,7 +67,7 @@ pub struct CropBox {
 }
 
 /// What [`Augmenter::train`] did to one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TrainParams {
     pub crop: CropBox,
     pub flipped: bool,
@@ -445,6 +445,9 @@ impl Augmenter {
     ) -> Result<()> {
         img.check()?;
         check_slot(out, size)?;
+        if crop.width == 0 || crop.height == 0 {
+            return Err(Error::Shape { what: "crop box", reason: format!("{crop:?} is empty") });
+        }
         let src = src_image(img)?;
         let cropped = fir::images::CroppedImage::new(&src, crop.left, crop.top, crop.width, crop.height)
             .map_err(|e| Error::Shape {
