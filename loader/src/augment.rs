@@ -309,8 +309,10 @@ impl ValAugment {
 /// first that fits gets `top = randint(0, height - h + 1)`, `left = randint(0, width - w + 1)`. Otherwise the
 /// centre crop of the whole image with its aspect ratio clamped into `ratio`. Where torchvision works in
 /// float32 (`torch.log(torch.tensor(ratio))`, `torch.exp` of a float32 draw) we do too, so the same draws give
-/// the same box. One deliberate difference: where torchvision's fallback would return an empty box (only
-/// possible with ratio bounds far from 1 on a 1-pixel-wide or -tall image) the side is 1 instead.
+/// the same box. Differences: where torchvision's fallback would return an empty box (only possible with
+/// ratio bounds far from 1 on a 1-pixel-wide or -tall image) the side is 1 instead; and our float32 exp is
+/// correctly rounded where torch's may be 1 ulp off, which matters only for draws within ~1e-7 of a
+/// rounding tie.
 pub fn random_resized_crop_params(
     width: u32,
     height: u32,
@@ -324,7 +326,10 @@ pub fn random_resized_crop_params(
     let log_hi = f64::from((ratio.1 as f32).ln());
     for _ in 0..10 {
         let target_area = area * draws.uniform(scale.0, scale.1);
-        let aspect = f64::from((draws.uniform(log_lo, log_hi) as f32).exp());
+        // float32 like torch, but correctly rounded: torch's vectorised float32 exp may be 1 ulp off
+        // (depending on the CPU), which could move a box only when sqrt(area * aspect) is within ~1e-7 of
+        // k + 0.5; our own stream never has to reproduce torch's draws, so we stay platform-independent.
+        let aspect = f64::from(f64::from(draws.uniform(log_lo, log_hi) as f32).exp() as f32);
         let w = (target_area * aspect).sqrt().round_ties_even();
         let h = (target_area / aspect).sqrt().round_ties_even();
         if 0.0 < w && w <= wf && 0.0 < h && h <= hf {
