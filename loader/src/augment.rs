@@ -13,6 +13,19 @@
 //! Order of draws for one training sample (part of the reproducibility contract): the crop draws in
 //! torchvision's order (per attempt: area `uniform`, log-ratio `uniform`, and on success `randint` for top then
 //! left), then one `uniform(0, 1)` for the flip, drawn even when `flip_p` is 0 or 1.
+//!
+//! ```
+//! use imgloader::{Augmenter, ImageView, TrainAugment, ValAugment, sample_rng};
+//!
+//! let pixels = vec![128u8; 640 * 480 * 3];
+//! let img = ImageView { width: 640, height: 480, pixels: &pixels };
+//! let mut aug = Augmenter::new(TrainAugment::default(), ValAugment::default())?;
+//! let mut slot = vec![0u8; aug.train_output_len()]; // 224 x 224 x 3, normally a slot of a batch
+//! let done = aug.train(img, &mut sample_rng(0, 3, 12345), &mut slot)?; // seed 0, epoch 3, sample 12345
+//! assert!(done.crop.left + done.crop.width <= 640);
+//! aug.val(img, &mut slot)?;
+//! # Ok::<(), imgloader::Error>(())
+//! ```
 
 use fast_image_resize as fir;
 use rand::{RngCore, SeedableRng};
@@ -38,7 +51,10 @@ impl ImageView<'_> {
         if self.width == 0 || self.height == 0 {
             return Err(Error::Shape {
                 what: "source image",
-                reason: format!("is {}x{} pixels; it must not be empty", self.width, self.height),
+                reason: format!(
+                    "is {}x{} pixels; it must not be empty",
+                    self.width, self.height
+                ),
             });
         }
         let want = self.width as usize * self.height as usize * 3;
@@ -196,7 +212,12 @@ pub struct TrainAugment {
 
 impl Default for TrainAugment {
     fn default() -> Self {
-        Self { size: (224, 224), scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip_p: 0.5 }
+        Self {
+            size: (224, 224),
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            flip_p: 0.5,
+        }
     }
 }
 
@@ -209,7 +230,10 @@ impl TrainAugment {
     pub fn validate(&self) -> Result<()> {
         let (h, w) = self.size;
         if h == 0 || w == 0 {
-            return Err(config_err("train size", format!("{h}x{w} (height x width) must not be empty")));
+            return Err(config_err(
+                "train size",
+                format!("{h}x{w} (height x width) must not be empty"),
+            ));
         }
         let (s0, s1) = self.scale;
         if !(s0.is_finite() && s1.is_finite() && s0 > 0.0 && s0 <= s1) {
@@ -226,13 +250,21 @@ impl TrainAugment {
             ));
         }
         if !(0.0..=1.0).contains(&self.flip_p) {
-            return Err(config_err("train flip_p", format!("{} is not a probability in [0, 1]", self.flip_p)));
+            return Err(config_err(
+                "train flip_p",
+                format!("{} is not a probability in [0, 1]", self.flip_p),
+            ));
         }
         Ok(())
     }
 
     /// The crop box for a `width` x `height` image; see [`random_resized_crop_params`].
-    pub fn crop_params(&self, width: u32, height: u32, draws: &mut (impl DrawSource + ?Sized)) -> CropBox {
+    pub fn crop_params(
+        &self,
+        width: u32,
+        height: u32,
+        draws: &mut (impl DrawSource + ?Sized),
+    ) -> CropBox {
         random_resized_crop_params(width, height, self.scale, self.ratio, draws)
     }
 }
@@ -248,7 +280,10 @@ pub struct ValAugment {
 
 impl Default for ValAugment {
     fn default() -> Self {
-        Self { resize: 256, crop: 224 }
+        Self {
+            resize: 256,
+            crop: 224,
+        }
     }
 }
 
@@ -265,7 +300,10 @@ impl ValAugment {
             // torchvision would pad with black; nobody wants that for evaluation.
             return Err(config_err(
                 "val crop",
-                format!("{} is larger than the resized shorter side {}", self.crop, self.resize),
+                format!(
+                    "{} is larger than the resized shorter side {}",
+                    self.crop, self.resize
+                ),
             ));
         }
         Ok(())
@@ -336,19 +374,35 @@ pub fn random_resized_crop_params(
             let (w, h) = (w as u32, h as u32);
             let top = clamped_randint(draws, height - h + 1);
             let left = clamped_randint(draws, width - w + 1);
-            return CropBox { top, left, height: h, width: w };
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
         }
     }
     let in_ratio = wf / hf;
     let (rmin, rmax) = (ratio.0.min(ratio.1), ratio.0.max(ratio.1));
     let (w, h) = if in_ratio < rmin {
-        (width, ((wf / rmin).round_ties_even() as u32).clamp(1, height))
+        (
+            width,
+            ((wf / rmin).round_ties_even() as u32).clamp(1, height),
+        )
     } else if in_ratio > rmax {
-        (((hf * rmax).round_ties_even() as u32).clamp(1, width), height)
+        (
+            ((hf * rmax).round_ties_even() as u32).clamp(1, width),
+            height,
+        )
     } else {
         (width, height)
     };
-    CropBox { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
 }
 
 /// `randint(0, n)` forced into range, so a misbehaving [`DrawSource`] cannot push the box off the image.
@@ -432,7 +486,9 @@ impl Augmenter {
         // A fractional crop box here samples pixels just outside the box where the filter reaches them,
         // exactly as the full-image resize followed by a crop does.
         let options = self.options.crop(b.left, b.top, b.width, b.height);
-        self.resizer.resize(&src, &mut dst, &options).map_err(resize_err)?;
+        self.resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(resize_err)?;
         Ok(b)
     }
 
@@ -451,16 +507,22 @@ impl Augmenter {
         img.check()?;
         check_slot(out, size)?;
         if crop.width == 0 || crop.height == 0 {
-            return Err(Error::Shape { what: "crop box", reason: format!("{crop:?} is empty") });
+            return Err(Error::Shape {
+                what: "crop box",
+                reason: format!("{crop:?} is empty"),
+            });
         }
         let src = src_image(img)?;
-        let cropped = fir::images::CroppedImage::new(&src, crop.left, crop.top, crop.width, crop.height)
-            .map_err(|e| Error::Shape {
-                what: "crop box",
-                reason: format!("{crop:?} on a {}x{} image: {e}", img.width, img.height),
-            })?;
+        let cropped =
+            fir::images::CroppedImage::new(&src, crop.left, crop.top, crop.width, crop.height)
+                .map_err(|e| Error::Shape {
+                    what: "crop box",
+                    reason: format!("{crop:?} on a {}x{} image: {e}", img.width, img.height),
+                })?;
         let mut dst = dst_image(out, size)?;
-        self.resizer.resize(&cropped, &mut dst, &self.options).map_err(resize_err)?;
+        self.resizer
+            .resize(&cropped, &mut dst, &self.options)
+            .map_err(resize_err)?;
         if flip {
             flip_horizontal(out, size.1 as usize);
         }
@@ -480,18 +542,26 @@ fn check_slot(out: &[u8], (h, w): (u32, u32)) -> Result<()> {
 }
 
 fn src_image(img: ImageView<'_>) -> Result<fir::images::ImageRef<'_>> {
-    fir::images::ImageRef::new(img.width, img.height, img.pixels, fir::PixelType::U8x3).map_err(|e| {
-        Error::Shape { what: "source image", reason: format!("{}x{}: {e}", img.width, img.height) }
-    })
+    fir::images::ImageRef::new(img.width, img.height, img.pixels, fir::PixelType::U8x3).map_err(
+        |e| Error::Shape {
+            what: "source image",
+            reason: format!("{}x{}: {e}", img.width, img.height),
+        },
+    )
 }
 
 fn dst_image(out: &mut [u8], (h, w): (u32, u32)) -> Result<fir::images::Image<'_>> {
-    fir::images::Image::from_slice_u8(w, h, out, fir::PixelType::U8x3)
-        .map_err(|e| Error::Shape { what: "output slot", reason: format!("{h}x{w}: {e}") })
+    fir::images::Image::from_slice_u8(w, h, out, fir::PixelType::U8x3).map_err(|e| Error::Shape {
+        what: "output slot",
+        reason: format!("{h}x{w}: {e}"),
+    })
 }
 
 fn resize_err(e: fir::ResizeError) -> Error {
-    Error::Shape { what: "resize", reason: e.to_string() }
+    Error::Shape {
+        what: "resize",
+        reason: e.to_string(),
+    }
 }
 
 /// Mirrors each row of a u8 HWC RGB image in place.
@@ -509,8 +579,8 @@ fn flip_horizontal(pixels: &mut [u8], width: usize) {
 }
 
 /// u8 HWC RGB (`h * w * 3` bytes) to f32 CHW, `(x / 255 - mean[c]) / std[c]` like torchvision's `ToTensor`
-/// + `Normalize`, for users who normalise on the CPU. `out` holds `3 * h * w` floats (one image of an NCHW
-/// batch: pass the image's sub-slice).
+/// then `Normalize`, for users who normalise on the CPU. `out` holds `3 * h * w` floats (one image of an
+/// NCHW batch: pass the image's sub-slice).
 pub fn normalize_to_nchw_f32(
     hwc_u8: &[u8],
     h: u32,
@@ -523,17 +593,28 @@ pub fn normalize_to_nchw_f32(
     if hwc_u8.len() != plane * 3 {
         return Err(Error::Shape {
             what: "normalize input",
-            reason: format!("has {} bytes, but {h}x{w} RGB needs {}", hwc_u8.len(), plane * 3),
+            reason: format!(
+                "has {} bytes, but {h}x{w} RGB needs {}",
+                hwc_u8.len(),
+                plane * 3
+            ),
         });
     }
     if out.len() != plane * 3 {
         return Err(Error::Shape {
             what: "normalize output",
-            reason: format!("has {} floats, but 3x{h}x{w} needs {}", out.len(), plane * 3),
+            reason: format!(
+                "has {} floats, but 3x{h}x{w} needs {}",
+                out.len(),
+                plane * 3
+            ),
         });
     }
     if let Some(c) = std.iter().position(|s| !(s.is_finite() && *s != 0.0)) {
-        return Err(config_err("normalize std", format!("channel {c} is {}", std[c])));
+        return Err(config_err(
+            "normalize std",
+            format!("channel {c} is {}", std[c]),
+        ));
     }
     let (r, rest) = out.split_at_mut(plane);
     let (g, b) = rest.split_at_mut(plane);
@@ -574,6 +655,9 @@ mod tests {
         // 3 pixels wide, 2 rows.
         let mut px: Vec<u8> = (0..18).collect();
         flip_horizontal(&mut px, 3);
-        assert_eq!(px, [6, 7, 8, 3, 4, 5, 0, 1, 2, 15, 16, 17, 12, 13, 14, 9, 10, 11]);
+        assert_eq!(
+            px,
+            [6, 7, 8, 3, 4, 5, 0, 1, 2, 15, 16, 17, 12, 13, 14, 9, 10, 11]
+        );
     }
 }

@@ -14,7 +14,10 @@ use crate::error::{Error, Result};
 
 fn check_rank(rank: usize, world: usize) -> Result<()> {
     if world == 0 {
-        return Err(Error::Config { what: "world size", reason: "0; it must be at least 1".into() });
+        return Err(Error::Config {
+            what: "world size",
+            reason: "0; it must be at least 1".into(),
+        });
     }
     if rank >= world {
         return Err(Error::Config {
@@ -56,8 +59,20 @@ impl DistributedSampler {
         check_rank(rank, world)?;
         // PyTorch: drop_last -> ceil((len - world) / world) when len % world != 0, which is len / world
         // (0 when len < world); otherwise ceil(len / world).
-        let num_samples = if drop_last { len / world } else { len.div_ceil(world) };
-        Ok(Self { len, rank, world, shuffle, seed, drop_last, num_samples })
+        let num_samples = if drop_last {
+            len / world
+        } else {
+            len.div_ceil(world)
+        };
+        Ok(Self {
+            len,
+            rank,
+            world,
+            shuffle,
+            seed,
+            drop_last,
+            num_samples,
+        })
     }
 
     /// Indices this rank reads per epoch (the same for every rank and epoch).

@@ -21,7 +21,9 @@ pub fn ref_python() -> Option<PathBuf> {
 
 /// Runs `tests/ref/<script>` with `args`, feeding `stdin`; returns stdout, panics with stderr on failure.
 pub fn run_ref(python: &PathBuf, script: &str, args: &[String], stdin: &[u8]) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ref").join(script);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ref")
+        .join(script);
     let mut child = Command::new(python)
         .arg(&path)
         .args(args)
@@ -35,7 +37,10 @@ pub fn run_ref(python: &PathBuf, script: &str, args: &[String], stdin: &[u8]) ->
     // Write from another thread: the script may fill its stdout pipe before reading all of stdin.
     let writer = std::thread::spawn(move || input.write_all(&data));
     let out = child.wait_with_output().expect("wait for reference script");
-    writer.join().expect("stdin writer").expect("write reference script's stdin");
+    writer
+        .join()
+        .expect("stdin writer")
+        .expect("write reference script's stdin");
     assert!(
         out.status.success(),
         "{script} failed ({}):\n{}",
