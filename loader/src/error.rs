@@ -36,6 +36,10 @@ pub enum Error {
     /// A configuration value is out of range or inconsistent. `what` names the setting.
     #[error("invalid {what}: {reason}")]
     Config { what: &'static str, reason: String },
+    /// An image or buffer handed to augmentation has an unusable shape (empty image, pixel count not
+    /// matching the size, output slot of the wrong length). `what` names which one.
+    #[error("{what}: {reason}")]
+    Shape { what: &'static str, reason: String },
     /// A tar is malformed or truncated; `offset` is the byte of `archive` where reading went wrong.
     #[error("{}: at byte {offset}: {reason}", archive.display())]
     Archive {

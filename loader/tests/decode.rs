@@ -855,7 +855,10 @@ fn error_names_the_sample() {
         },
     };
     // The variant names the culprit; the cause comes through source(), so a chain prints each once.
-    assert_eq!(e.to_string(), "train.tar › n01440764.tar › n01440764_10026.JPEG");
+    assert_eq!(
+        e.to_string(),
+        "train.tar › n01440764.tar › n01440764_10026.JPEG"
+    );
     assert!(std::error::Error::source(&e).is_some());
     assert_eq!(
         imgloader::error::chain(&e),

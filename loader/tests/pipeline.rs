@@ -1,0 +1,475 @@
+//! The batching pipeline: determinism across thread counts and layouts, bad samples, cancellation,
+//! worker panics, memory reuse, distributed shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use imgloader::{
+    BadSamples, Error, Loader, OpenOptions, Output, Source, TrainAugment, Transform, ValAugment,
+    open,
+};
+
+/// A small learnable dataset (folders and tars), generated once per test binary.
+fn dataset() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = imgfixtures::SynthConfig {
+            classes: 4,
+            train_per_class: 9,
+            val_per_class: 3,
+            min_side: 64,
+            max_side: 160,
+            seed: 7,
+            ..Default::default()
+        };
+        imgfixtures::write_dataset(&cfg, dir.path()).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn small_train() -> Transform {
+    Transform::Train(TrainAugment {
+        size: (48, 40),
+        ..Default::default()
+    })
+}
+
+type Epoch = Vec<(Vec<u8>, Vec<u32>, Vec<usize>)>;
+
+fn collect(source: Arc<dyn Source>, threads: usize, transform: Transform, epoch: u64) -> Epoch {
+    let loader = Loader::builder(source)
+        .batch_size(5)
+        .threads(threads)
+        .transform(transform)
+        .seed(3)
+        .build()
+        .unwrap();
+    loader
+        .epoch(epoch)
+        .map(|b| {
+            let b = b.unwrap();
+            (b.pixels().to_vec(), b.labels.clone(), b.indices.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn same_batches_for_1_2_and_8_threads() {
+    let source = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
+    let one = collect(source.clone(), 1, small_train(), 0);
+    assert_eq!(one.len(), 36usize.div_ceil(5));
+    assert_eq!(one.iter().map(|b| b.1.len()).sum::<usize>(), 36);
+    for threads in [2, 8] {
+        assert!(
+            one == collect(source.clone(), threads, small_train(), 0),
+            "{threads} threads differ from 1"
+        );
+    }
+    // Another epoch reshuffles and re-draws the crops.
+    assert!(one != collect(source, 2, small_train(), 1));
+}
+
+#[test]
+fn folder_and_tar_give_the_same_batches() {
+    for (split, transform) in [
+        ("train", small_train()),
+        (
+            "val",
+            Transform::Val(ValAugment {
+                resize: 40,
+                crop: 32,
+            }),
+        ),
+    ] {
+        let folder = open(&dataset().join(split), &OpenOptions::default()).unwrap();
+        let tar = open(
+            &dataset().join(format!("{split}.tar")),
+            &OpenOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(folder.classes(), tar.classes());
+        assert!(
+            collect(folder, 2, transform.clone(), 4) == collect(tar, 2, transform, 4),
+            "{split}"
+        );
+    }
+}
+
+#[test]
+fn labels_follow_the_samples() {
+    let source = open(&dataset().join("train.tar"), &OpenOptions::default()).unwrap();
+    for (_, labels, indices) in collect(source.clone(), 2, small_train(), 0) {
+        for (label, index) in labels.iter().zip(&indices) {
+            assert_eq!(*label, source.label(*index));
+            let class = &source.classes()[*label as usize];
+            assert!(
+                source.name(*index).contains(class.as_str()),
+                "{} not in {class}",
+                source.name(*index)
+            );
+        }
+    }
+}
+
+#[test]
+fn val_visits_every_sample_once_in_order_across_ranks() {
+    let path = dataset().join("val.tar");
+    let mut seen = Vec::new();
+    for rank in 0..3 {
+        let source = open(&path, &OpenOptions::default()).unwrap();
+        let loader = Loader::builder(source)
+            .batch_size(4)
+            .threads(2)
+            .transform(Transform::Val(ValAugment {
+                resize: 40,
+                crop: 32,
+            }))
+            .distributed(rank, 3)
+            .build()
+            .unwrap();
+        for b in loader.epoch(0) {
+            seen.extend(b.unwrap().indices.clone());
+        }
+    }
+    assert_eq!(seen, (0..12).collect::<Vec<_>>());
+}
+
+#[test]
+fn train_ranks_split_one_permutation() {
+    let path = dataset().join("train.tar");
+    let mut all = Vec::new();
+    let mut counts = Vec::new();
+    for rank in 0..4 {
+        let source = open(&path, &OpenOptions::default()).unwrap();
+        let loader = Loader::builder(source)
+            .batch_size(4)
+            .threads(1)
+            .transform(small_train())
+            .distributed(rank, 4)
+            .build()
+            .unwrap();
+        let mine: Vec<usize> = loader
+            .epoch(2)
+            .flat_map(|b| b.unwrap().indices.clone())
+            .collect();
+        counts.push(mine.len());
+        all.extend(mine);
+    }
+    assert_eq!(counts, vec![9; 4]);
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..36).collect::<Vec<_>>(),
+        "36 samples over 4 ranks: disjoint and complete"
+    );
+}
+
+#[test]
+fn f32_output_is_the_normalised_u8_output() {
+    let source = open(&dataset().join("val"), &OpenOptions::default()).unwrap();
+    let val = Transform::Val(ValAugment {
+        resize: 40,
+        crop: 32,
+    });
+    let build = |output| {
+        Loader::builder(source.clone())
+            .batch_size(6)
+            .threads(2)
+            .transform(val.clone())
+            .output(output)
+            .build()
+            .unwrap()
+    };
+    let (mean, std) = (imgloader::IMAGENET_MEAN, imgloader::IMAGENET_STD);
+    let u8s = build(Output::U8Nhwc);
+    let f32s = build(Output::F32Nchw { mean, std });
+    for (a, b) in u8s.epoch(0).zip(f32s.epoch(0)) {
+        let (a, b) = (a.unwrap(), b.unwrap());
+        let (hwc, chw) = (a.pixels(), b.pixels_f32().unwrap());
+        assert_eq!(chw.len(), hwc.len());
+        let plane = 32 * 32;
+        for n in 0..a.len {
+            for p in 0..plane {
+                for c in 0..3 {
+                    let want = (hwc[(n * plane + p) * 3 + c] as f32 / 255.0 - mean[c]) / std[c];
+                    let got = chw[n * plane * 3 + c * plane + p];
+                    assert!(
+                        (want - got).abs() < 1e-5,
+                        "sample {n} pixel {p} channel {c}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A copy of the train folders with some files replaced by broken ones.
+fn with_bad_files(bad: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&dataset().join("train"), dir.path());
+    for (class_file, fixture) in bad {
+        std::fs::copy(
+            imgfixtures::odd::odd_dir().join(fixture),
+            dir.path().join(class_file),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target: PathBuf = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_samples_are_substituted_deterministically_and_named() {
+    let dir = with_bad_files(&[
+        ("n00000001/zz_broken.JPEG", "truncated.jpg"),
+        ("n00000002/zz_empty.JPEG", "empty.JPEG"),
+    ]);
+    let run = |threads| {
+        let source = open(dir.path(), &OpenOptions::default()).unwrap();
+        let loader = Loader::builder(source)
+            .batch_size(8)
+            .threads(threads)
+            .transform(small_train())
+            .seed(1)
+            .build()
+            .unwrap();
+        let mut bad = Vec::new();
+        let mut batches = Vec::new();
+        for b in loader.epoch(0) {
+            let b = b.unwrap();
+            bad.extend(b.bad.iter().map(|s| s.error.clone()));
+            batches.push((b.pixels().to_vec(), b.labels.clone(), b.indices.clone()));
+        }
+        // Substitutes are random: one may be a bad file too, and counts.
+        assert!(loader.bad_samples() >= 2, "{bad:?}");
+        (bad, batches, loader.bad_samples())
+    };
+    let (mut bad, batches, count) = run(1);
+    bad.sort();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].contains("zz_broken.JPEG") && bad[0].contains("truncated"),
+        "{}",
+        bad[0]
+    );
+    assert!(
+        bad[1].contains("zz_empty.JPEG") && bad[1].contains("empty"),
+        "{}",
+        bad[1]
+    );
+    // Every rank still gets full batches: 38 samples in 5 batches.
+    assert_eq!(batches.iter().map(|b| b.1.len()).sum::<usize>(), 38);
+    let (_, batches3, count3) = run(3);
+    assert!(
+        batches == batches3,
+        "substitution must not depend on threads"
+    );
+    assert_eq!(count, count3);
+}
+
+#[test]
+fn fail_policy_stops_at_the_first_bad_sample_and_names_it() {
+    let dir = with_bad_files(&[("n00000003/zz_text.JPEG", "not_an_image.JPEG")]);
+    let source = open(dir.path(), &OpenOptions::default()).unwrap();
+    let loader = Loader::builder(source)
+        .batch_size(40)
+        .threads(2)
+        .transform(small_train())
+        .bad_samples(BadSamples::Fail)
+        .build()
+        .unwrap();
+    let results: Vec<_> = loader.epoch(0).collect();
+    assert_eq!(results.len(), 1);
+    let err = results.into_iter().next().unwrap().unwrap_err();
+    let msg = imgloader::error::chain(&err);
+    assert!(matches!(err, Error::Decode { .. }), "{msg}");
+    assert!(
+        msg.contains("n00000003/zz_text.JPEG") && msg.contains("not an image"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn too_many_bad_samples_fail_the_run() {
+    let dir = with_bad_files(&[
+        ("n00000000/zz_a.JPEG", "truncated.jpg"),
+        ("n00000001/zz_b.JPEG", "truncated.jpg"),
+        ("n00000002/zz_c.JPEG", "empty.JPEG"),
+    ]);
+    let source = open(dir.path(), &OpenOptions::default()).unwrap();
+    let loader = Loader::builder(source)
+        .batch_size(13)
+        .threads(2)
+        .transform(small_train())
+        .bad_samples(BadSamples::Skip {
+            max_total: 2,
+            max_consecutive: 4,
+        })
+        .build()
+        .unwrap();
+    let err = loader
+        .epoch(0)
+        .find_map(Result::err)
+        .expect("the third bad sample must fail the epoch");
+    assert!(matches!(err, Error::TooManyBadSamples { .. }), "{err}");
+    assert!(
+        err.to_string().contains("zz_"),
+        "the message names a culprit: {err}"
+    );
+}
+
+/// A source whose samples panic or block, to exercise the pipeline's failure paths.
+#[derive(Debug)]
+struct Hostile {
+    inner: Arc<dyn Source>,
+    panic_at: Option<usize>,
+    slow: Duration,
+}
+
+impl Source for Hostile {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn label(&self, index: usize) -> u32 {
+        self.inner.label(index)
+    }
+    fn bytes<'a>(&'a self, index: usize, scratch: &'a mut Vec<u8>) -> imgloader::Result<&'a [u8]> {
+        if self.panic_at == Some(index) {
+            panic!("hostile sample {index}");
+        }
+        std::thread::sleep(self.slow);
+        self.inner.bytes(index, scratch)
+    }
+    fn name(&self, index: usize) -> String {
+        self.inner.name(index)
+    }
+}
+
+#[test]
+fn a_panicking_worker_is_an_error_not_a_hang() {
+    let inner = open(&dataset().join("val"), &OpenOptions::default()).unwrap();
+    let source = Arc::new(Hostile {
+        inner,
+        panic_at: Some(5),
+        slow: Duration::ZERO,
+    });
+    let loader = Loader::builder(source)
+        .batch_size(4)
+        .threads(2)
+        .transform(Transform::Val(ValAugment {
+            resize: 40,
+            crop: 32,
+        }))
+        .build()
+        .unwrap();
+    let results: Vec<_> = loader.epoch(0).collect();
+    assert!(results[0].is_ok());
+    match &results[1] {
+        Err(Error::WorkerPanic { batch: 1, message }) => {
+            assert!(message.contains("hostile sample 5"), "{message}")
+        }
+        other => panic!("expected a worker panic in batch 1, got {other:?}"),
+    }
+    assert_eq!(results.len(), 2, "the epoch ends after the failure");
+}
+
+#[test]
+fn dropping_an_epoch_stops_promptly() {
+    let inner = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
+    let source = Arc::new(Hostile {
+        inner,
+        panic_at: None,
+        slow: Duration::from_millis(30),
+    });
+    let loader = Loader::builder(source)
+        .batch_size(2)
+        .threads(2)
+        .prefetch(4)
+        .transform(small_train())
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    {
+        let mut epoch = loader.epoch(0);
+        epoch.next().unwrap().unwrap();
+    }
+    // 18 batches of 2 slow samples would take > 0.5 s on 2 threads; the rest must be abandoned. A new epoch
+    // afterwards still works and reuses the buffers.
+    let first: Vec<_> = loader.epoch(1).take(1).map(Result::unwrap).collect();
+    assert_eq!(first.len(), 1);
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn buffers_are_reused_across_epochs_even_when_batches_are_kept() {
+    let source = open(&dataset().join("val"), &OpenOptions::default()).unwrap();
+    let loader = Loader::builder(source)
+        .batch_size(2)
+        .threads(2)
+        .prefetch(2)
+        .transform(Transform::Val(ValAugment {
+            resize: 40,
+            crop: 32,
+        }))
+        .build()
+        .unwrap();
+    for epoch in 0..3 {
+        for b in loader.epoch(epoch) {
+            b.unwrap();
+        }
+    }
+    let after_streaming = loader.buffers_allocated();
+    assert!(
+        after_streaming <= 3,
+        "{after_streaming} buffers for a prefetch of 2"
+    );
+    // Holding every batch of an epoch must not deadlock; it needs more buffers, which then come back.
+    let kept: Vec<_> = loader.epoch(3).map(Result::unwrap).collect();
+    assert_eq!(kept.len(), 6);
+    drop(kept);
+    let allocated = loader.buffers_allocated();
+    for b in loader.epoch(4) {
+        b.unwrap();
+    }
+    assert_eq!(
+        loader.buffers_allocated(),
+        allocated,
+        "no new buffers once enough exist"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let source = open(&dataset().join("val"), &OpenOptions::default()).unwrap();
+    let err = |b: &mut imgloader::LoaderBuilder| b.build().unwrap_err().to_string();
+    assert!(err(Loader::builder(source.clone()).batch_size(0)).contains("batch size"));
+    assert!(err(Loader::builder(source.clone()).threads(0)).contains("threads"));
+    assert!(err(Loader::builder(source.clone()).distributed(2, 2)).contains("rank"));
+    let zero = Transform::Train(TrainAugment {
+        size: (0, 224),
+        ..Default::default()
+    });
+    assert!(!err(Loader::builder(source).transform(zero)).is_empty());
+}
