@@ -1,9 +1,7 @@
 //! Augmentation against torchvision (crop boxes for the same draws, pixels), and its own contracts:
 //! determinism per (seed, epoch, index), flips, degenerate images, bad input.
 
-mod augment_support;
-
-use augment_support::{ref_python, run_ref};
+use crate::support::{ref_python, run_ref};
 use imgloader::augment::{
     CropBox, DrawSource, IMAGENET_MEAN, IMAGENET_STD, TrainParams, normalize_to_nchw_f32,
     random_resized_crop_params,

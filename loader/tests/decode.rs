@@ -86,19 +86,6 @@ fn allocs_during<T>(f: impl FnOnce() -> T) -> (T, Allocs) {
 // ---------------------------------------------------------------------------------------------
 // Reference interpreter.
 
-/// The Python with PIL, from `IMG_PYTHON`; `None` (and a note on stderr) when unset, a panic
-/// when unset under `CI`.
-fn reference_python() -> Option<PathBuf> {
-    match std::env::var_os("IMG_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => panic!("IMG_PYTHON must be set in CI"),
-        None => {
-            eprintln!("skipped: IMG_PYTHON not set (PIL cross-check)");
-            None
-        }
-    }
-}
-
 /// PIL's result for one file: `Ok((w, h, rgb))` or `Err(PIL's message)`.
 type PilDecoded = Result<(u32, u32, Vec<u8>), String>;
 
@@ -700,7 +687,7 @@ fn corpus_matches_pil() {
         ours.push((img.width, img.height, img.pixels.to_vec()));
         paths.push(path);
     }
-    let Some(python) = reference_python() else {
+    let Some(python) = crate::support::ref_python() else {
         return;
     };
     let reference = pil_decode(&python, &paths);
@@ -1131,7 +1118,7 @@ fn decode_throughput() {
         bare = bare.min(t.elapsed().as_secs_f64());
     }
     let bare = n as f64 / bare;
-    let pil = reference_python().map(|python| {
+    let pil = crate::support::ref_python().map(|python| {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<PathBuf> = files
             .iter()

@@ -1,11 +1,9 @@
 //! Sampler invariants over many (len, world, seed, epoch) combinations, and PyTorch's DistributedSampler
 //! for the unshuffled assignment.
 
-mod augment_support;
-
 use std::collections::HashMap;
 
-use augment_support::{ref_python, run_ref};
+use crate::support::{ref_python, run_ref};
 use imgloader::{DistributedSampler, Error, PartitionSampler};
 
 /// Lengths around the interesting edges: empty, smaller than the world, multiples and non-multiples.

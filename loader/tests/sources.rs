@@ -512,7 +512,9 @@ fn folders_follow_torchvision_walk_order_hidden_files_and_symlinks() {
 /// Cross-check with torchvision's `ImageFolder` when the reference interpreter is there. Our hidden-file
 /// and symlink-loop rules differ from torchvision's, so it runs on a copy without those.
 fn python_check_imagefolder_order(root: &Path, names: &[String], labels: &[u32]) {
-    let Some(python) = img_python() else { return };
+    let Some(python) = crate::support::ref_python() else {
+        return;
+    };
     let clean = root.with_file_name("clean");
     for n in names {
         let p = clean.join(n);
@@ -542,18 +544,6 @@ fn python_check_imagefolder_order(root: &Path, names: &[String], labels: &[u32])
     assert_eq!(ours, theirs);
     let (src, _) = open_ok(&clean, &OpenOptions::default());
     assert_eq!(src.len(), theirs.len());
-}
-
-/// The reference Python, or `None` (with a note) when `IMG_PYTHON` is unset outside CI.
-fn img_python() -> Option<PathBuf> {
-    match std::env::var_os("IMG_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => panic!("IMG_PYTHON must be set in CI"),
-        None => {
-            eprintln!("skipped: IMG_PYTHON not set");
-            None
-        }
-    }
 }
 
 #[test]

@@ -1,6 +1,5 @@
-//! Running the committed Python reference scripts (tests/ref/) under the interpreter named by IMG_PYTHON.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! The Python reference (PIL, torchvision) that tests cross-check against, named by IMG_PYTHON, and the
+//! committed scripts under tests/ref/ they run.
 
 use std::io::Write;
 use std::path::PathBuf;

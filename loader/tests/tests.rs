@@ -1,0 +1,8 @@
+//! The loader's integration tests, in one binary (one link instead of one per file).
+
+mod augment;
+mod decode;
+mod pipeline;
+mod sampler;
+mod sources;
+mod support;
