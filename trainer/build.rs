@@ -22,10 +22,16 @@ fn main() {
     let version = std::fs::read_to_string(root.join("version.py"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_owned()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_owned())
+            })
         })
-        .or_else(|| std::fs::read_to_string(root.join("build-version")).ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string(root.join("build-version"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_LIB={lib}");

@@ -283,8 +283,8 @@ impl<A: Allocator> LoaderBuilder<A> {
         if config.prefetch == 0 {
             config.prefetch = (2 * config.threads).max(2);
         }
-        // Validates rank/world once, so that epochs cannot fail on them later.
-        self.sampler(&config)?;
+        // Built (and rank/world validated) once, so that epochs cannot fail on them later.
+        let order = Order::new(self.source.len(), &config)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)
             .thread_name(|i| format!("imgloader-{i}"))
@@ -304,6 +304,7 @@ impl<A: Allocator> LoaderBuilder<A> {
                 workers,
                 bad_total: AtomicUsize::new(0),
             }),
+            order,
             pool,
             allocator: self.allocator.clone(),
             recycle_tx,
@@ -311,9 +312,20 @@ impl<A: Allocator> LoaderBuilder<A> {
             buffers: AtomicUsize::new(0),
         })
     }
+}
 
-    fn sampler(&self, config: &Config) -> Result<Order> {
-        let len = self.source.len();
+/// How a rank walks the source in an epoch.
+#[derive(Debug)]
+enum Order {
+    /// PyTorch `DistributedSampler`: shuffled, padded so every rank has as many samples.
+    Distributed(DistributedSampler),
+    /// Every sample exactly once across ranks, unpadded (validation).
+    Partition(PartitionSampler),
+}
+
+impl Order {
+    /// Training (or any shuffled or drop-last walk) pads like PyTorch; an unshuffled val walk partitions.
+    fn new(len: usize, config: &Config) -> Result<Order> {
         if config.shuffle || config.drop_last || matches!(config.transform, Transform::Train(_)) {
             DistributedSampler::new(
                 len,
@@ -328,18 +340,14 @@ impl<A: Allocator> LoaderBuilder<A> {
             PartitionSampler::new(len, config.rank, config.world).map(Order::Partition)
         }
     }
-}
 
-/// How a rank walks the source in an epoch.
-#[derive(Debug)]
-enum Order {
-    /// PyTorch `DistributedSampler`: shuffled, padded so every rank has as many samples.
-    Distributed(DistributedSampler),
-    /// Every sample exactly once across ranks, unpadded (validation).
-    Partition(PartitionSampler),
-}
+    fn len(&self) -> usize {
+        match self {
+            Order::Distributed(s) => s.num_samples(),
+            Order::Partition(s) => s.len(),
+        }
+    }
 
-impl Order {
     fn indices(&self, epoch: u64) -> Vec<usize> {
         match self {
             Order::Distributed(s) => s.indices(epoch),
@@ -359,8 +367,8 @@ struct Worker {
 impl Worker {
     fn new(opts: DecodeOptions, transform: &Transform) -> Result<Self> {
         let augmenter = match transform {
-            Transform::Train(t) => Augmenter::new(t.clone(), ValAugment::default())?,
-            Transform::Val(v) => Augmenter::new(TrainAugment::default(), v.clone())?,
+            Transform::Train(t) => Augmenter::new(*t, ValAugment::default())?,
+            Transform::Val(v) => Augmenter::new(TrainAugment::default(), *v)?,
         };
         Ok(Worker {
             decoder: Decoder::new(opts),
@@ -383,6 +391,7 @@ struct Shared {
 /// The same (seed, epoch, rank, world) gives the same batches whatever the thread count.
 pub struct Loader<A: Allocator = HeapAllocator> {
     shared: Arc<Shared>,
+    order: Order,
     pool: rayon::ThreadPool,
     allocator: A,
     recycle_tx: Sender<A::Buffer>,
@@ -409,7 +418,7 @@ impl Loader<HeapAllocator> {
 impl<A: Allocator> Loader<A> {
     /// Samples this rank sees per epoch (after padding or dropping, as the sampler decides).
     pub fn samples_per_epoch(&self) -> usize {
-        self.order().indices(0).len()
+        self.order.len()
     }
 
     /// Batches this rank yields per epoch.
@@ -439,26 +448,10 @@ impl<A: Allocator> Loader<A> {
         self.buffers.load(Ordering::Relaxed)
     }
 
-    fn order(&self) -> Order {
-        let c = &self.shared.config;
-        let len = self.shared.source.len();
-        // Validated in build(): these constructors cannot fail here.
-        if c.shuffle || c.drop_last || matches!(c.transform, Transform::Train(_)) {
-            Order::Distributed(
-                DistributedSampler::new(len, c.rank, c.world, c.shuffle, c.seed, c.drop_last)
-                    .expect("sampler settings were validated by build()"),
-            )
-        } else {
-            Order::Partition(
-                PartitionSampler::new(len, c.rank, c.world).expect("validated by build()"),
-            )
-        }
-    }
-
     /// The batches of one epoch, in sampler order. Dropping the iterator stops the work promptly.
     pub fn epoch(&self, epoch: u64) -> Epoch<'_, A> {
         let c = &self.shared.config;
-        let mut indices = self.order().indices(epoch);
+        let mut indices = self.order.indices(epoch);
         if c.drop_last {
             indices.truncate(indices.len() / c.batch_size * c.batch_size);
         }
@@ -742,7 +735,7 @@ fn fill_batch(
 }
 
 /// Salt for the substitute-choice random stream, so it never coincides with the augmentation stream.
-const SUBSTITUTE_SALT: u64 = 0x5ab5_717u64;
+const SUBSTITUTE_SALT: u64 = 0x05ab_5717;
 
 /// Fills one slot with sample `index`, or with a deterministic substitute when it is bad.
 fn fill_slot(

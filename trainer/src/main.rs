@@ -19,9 +19,16 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let info = imgtrain::device::select(args.gpu)?;
-    println!("imgtrain {}: libtorch {}, device {info}", env!("CARGO_PKG_VERSION"), imgtrain::LIBTORCH_VERSION);
+    println!(
+        "imgtrain {}: libtorch {}, device {info}",
+        env!("CARGO_PKG_VERSION"),
+        imgtrain::LIBTORCH_VERSION
+    );
     info.smoke_test().context("device check failed")?;
-    println!("device check passed: conv2d forward and backward on {:?}", info.device);
+    println!(
+        "device check passed: conv2d forward and backward on {:?}",
+        info.device
+    );
     Ok(())
 }
 
