@@ -4,7 +4,7 @@
 //! through `source()`, so `anyhow`'s `{:#}` prints `culprit: cause` once; [`chain`] does the same for
 //! plain strings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors from opening, indexing, decoding and batching datasets.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,14 @@ fn list(items: &[String], count: usize) -> String {
         String::new()
     };
     format!(" ({}{tail})", items.join(", "))
+}
+
+/// Maps an I/O error to [`Error::Io`] naming `path`: `.map_err(io_err(path))`.
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Shorthand for results of this crate.

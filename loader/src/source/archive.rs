@@ -12,6 +12,7 @@ use super::index::{self, IndexData};
 use super::labels::LabelSet;
 use super::tarscan;
 use super::{Layout, OpenOptions, OpenReport, Source, push_limited, split_dir};
+use crate::error::io_err;
 use crate::error::{Error, Result};
 
 /// One mapped tar and its index.
@@ -51,13 +52,6 @@ impl std::fmt::Debug for TarSource {
             .field("len", &self.len())
             .field("classes", &self.classes.len())
             .finish()
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 

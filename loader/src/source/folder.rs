@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::labels::LabelSet;
 use super::{FileKind, Layout, OpenOptions, OpenReport, Skipped, Source, file_kind, push_limited};
+use crate::error::io_err;
 use crate::error::{Error, Result};
 
 /// A dataset of files under `root`; sample paths are stored end to end, relative to `root`.
@@ -31,13 +32,6 @@ impl std::fmt::Debug for FolderSource {
             .field("len", &self.labels.len())
             .field("classes", &self.classes.len())
             .finish()
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 

@@ -48,7 +48,8 @@ mod tarscan;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::error::io_err;
 
 /// A random-access dataset of encoded images with integer labels.
 pub trait Source: Send + Sync + std::fmt::Debug {
@@ -212,10 +213,7 @@ pub fn open(path: &Path, opts: &OpenOptions) -> Result<Arc<dyn Source>> {
 /// [`open`], also returning what was found and done.
 pub fn open_with_report(path: &Path, opts: &OpenOptions) -> Result<(Arc<dyn Source>, OpenReport)> {
     let mut report = OpenReport::default();
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let source: Arc<dyn Source> = if meta.is_dir() {
         if opts.labels.is_some() {
             Arc::new(folder::FolderSource::open_flat(path, opts, &mut report)?)
