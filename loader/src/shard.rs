@@ -649,7 +649,7 @@ impl WriteState<'_> {
                 self.open_shard()?.span += 1;
                 self.current_bad.push(BadSample {
                     index,
-                    name: names[index].clone(),
+                    name: source.name(index),
                     error: crate::error::chain(&e),
                 });
             }
@@ -916,7 +916,7 @@ impl ShardWriter {
                 for part in todo.chunks(chunk) {
                     let encoded = self.pool.install(|| {
                         part.par_iter()
-                            .map(|&i| (i as usize, self.encode(source, i as usize, names)))
+                            .map(|&i| (i as usize, self.encode(source, i as usize)))
                             .collect()
                     });
                     if tx.send(encoded).is_err() {
@@ -969,7 +969,7 @@ impl ShardWriter {
     }
 
     /// Reads (and re-encodes) sample `index`; runs on a pool thread.
-    fn encode(&self, source: &dyn Source, index: usize, names: &[String]) -> Result<Encoded> {
+    fn encode(&self, source: &dyn Source, index: usize) -> Result<Encoded> {
         let t = rayon::current_thread_index().unwrap_or(0) % self.scratch.len();
         let mut guard = self.scratch[t].lock().unwrap_or_else(|p| p.into_inner());
         let Scratch {
@@ -980,9 +980,9 @@ impl ShardWriter {
         } = &mut *guard;
         let bytes = source.bytes(index, read)?;
         let original_bytes = bytes.len();
-        let sample_err = |source| Error::Decode {
-            sample: names[index].clone(),
-            source,
+        let sample_err = |e| Error::Decode {
+            sample: source.name(index),
+            source: e,
         };
         let Some(r) = self.config.reencode else {
             let info = decode::probe(bytes).map_err(sample_err)?;
@@ -1003,7 +1003,7 @@ impl ShardWriter {
         let (width, height) = (img.width, img.height);
         let (w, h) = fit(width, height, r.max_side);
         let fail = |e: &dyn std::fmt::Display| Error::Encode {
-            sample: names[index].clone(),
+            sample: source.name(index),
             reason: e.to_string(),
         };
         let pixels: &[u8] = if (w, h) == (width, height) {
@@ -1350,7 +1350,11 @@ mod tests {
                     .skip_bad(true)
                     .num_shards(2),
             );
-            let mut bad: Vec<&str> = sum.bad.iter().map(|b| b.name.as_str()).collect();
+            let mut bad: Vec<&str> = sum
+                .bad
+                .iter()
+                .map(|b| b.name.rsplit('/').next().unwrap())
+                .collect();
             bad.sort();
             // Copying checks headers only, so the truncated scan passes there.
             let want: &[&str] = if reencode.is_some() {

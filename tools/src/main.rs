@@ -1,5 +1,11 @@
 //! `imgtool`: dataset tools. Thin: parse arguments, call the loader and fixtures crates, print.
 
+mod progress;
+mod scan;
+mod shard;
+mod stats;
+mod verify;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +20,7 @@ use imgloader::{
     ValAugment,
 };
 
-/// Dataset tools for ImageNet-style data: synthesise, index, benchmark.
+/// Dataset tools for ImageNet-style data: synthesise, index, shard, verify, stats, benchmark.
 #[derive(Debug, Parser)]
 #[command(name = "imgtool", version, about)]
 struct Cli {
@@ -32,6 +38,25 @@ enum Command {
     ///
     /// Example: imgtool index demo-data/train.tar
     Index(IndexArgs),
+    /// Convert a dataset into shuffled webdataset tar shards (`<key>.jpg` + `<key>.cls`), optionally
+    /// re-encoded smaller; resumable.
+    ///
+    /// Writes `<out>/shard-000000.tar`, … each with an index sidecar, and `manifest.json` (counts, classes,
+    /// per-shard CRC-32s). The loader and webdataset read the folder. An interrupted run is resumed by
+    /// running the same command again.
+    ///
+    /// Example: imgtool shard train.tar --out train-shards --shard-size 1GiB --max-side 500 --quality 90
+    Shard(shard::Args),
+    /// Decode every image; list odd files (CMYK, grayscale, PNG named .JPEG) and bad ones (truncated,
+    /// corrupt, oversized) by full name; exit non-zero on any bad file or wrong count.
+    ///
+    /// Example: imgtool verify ILSVRC2012_img_train.tar --expect imagenet-train
+    Verify(verify::Args),
+    /// Class counts, resolution and file-size distributions (text histograms or --json), from image
+    /// headers only.
+    ///
+    /// Example: imgtool stats val.tar --labels LOC_val_solution.csv
+    Stats(stats::Args),
     /// Measure the loader as a user gets it: source -> decode -> augment -> batches in memory.
     ///
     /// Example: imgtool bench demo-data/train.tar --pipeline train --threads 2
@@ -168,6 +193,11 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Default worker count: every core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn open(
@@ -327,6 +357,9 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Index(a) => index(a),
         Command::Bench(a) => bench(a),
+        Command::Shard(a) => shard::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Stats(a) => stats::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
