@@ -1,6 +1,6 @@
-//! Write any [`Source`] as webdataset shards: `shard-000000.tar`, … each holding `<key>.jpg` (or `.png`)
-//! + `<key>.cls` (+ `<key>.json`), an index sidecar per shard and a `manifest.json`, all readable by
-//! [`crate::open`] on the output folder.
+//! Write any [`Source`] as webdataset shards: `shard-000000.tar`, … each holding `<key>.jpg` (or `.png`),
+//! `<key>.cls` and optionally `<key>.json`, an index sidecar per shard and a `manifest.json`, all readable
+//! by [`crate::open`] on the output folder.
 //!
 //! ```
 //! use imgloader::{OpenOptions, shard::ShardWriter};

@@ -205,17 +205,55 @@ fn open(
     labels: &Labels,
     rebuild: bool,
 ) -> anyhow::Result<(Arc<dyn Source>, OpenReport)> {
+    let policy = if rebuild {
+        IndexPolicy::Rebuild
+    } else {
+        IndexPolicy::Use
+    };
+    open_with(src, labels, policy)
+}
+
+fn open_with(
+    src: &Path,
+    labels: &Labels,
+    index: IndexPolicy,
+) -> anyhow::Result<(Arc<dyn Source>, OpenReport)> {
     let opts = OpenOptions {
         labels: labels.labels.clone(),
         synsets: labels.synsets.clone(),
-        index: if rebuild {
-            IndexPolicy::Rebuild
-        } else {
-            IndexPolicy::Use
-        },
+        index,
         ..Default::default()
     };
     imgloader::open_with_report(src, &opts).with_context(|| format!("opening {}", src.display()))
+}
+
+/// `skipped N entries: 2 not an image, 1 link (rejected), …`, or `None` when nothing was skipped.
+fn skipped_line(s: &imgloader::Skipped) -> Option<String> {
+    if s.total() == 0 {
+        return None;
+    }
+    let reasons = [
+        ("not an image", s.non_image),
+        ("unsupported image format", s.unsupported_image),
+        ("directory", s.directories),
+        ("hidden", s.hidden),
+        ("outside any class folder", s.outside_class),
+        ("link (rejected)", s.links),
+        ("device or fifo (rejected)", s.devices),
+        ("absolute path (rejected)", s.absolute),
+        ("`..` in path (rejected)", s.dotdot),
+        ("other", s.other),
+    ];
+    let listed: Vec<String> = reasons
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect();
+    Some(format!(
+        "skipped {} entries: {}",
+        s.total(),
+        listed.join(", ")
+    ))
 }
 
 fn index(args: IndexArgs) -> anyhow::Result<()> {
@@ -230,26 +268,8 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         r.classes,
         r.image_bytes as f64 / 1e6
     );
-    let s = &r.skipped;
-    if s.total() > 0 {
-        let reasons = [
-            ("not an image", s.non_image),
-            ("unsupported image format", s.unsupported_image),
-            ("directory", s.directories),
-            ("hidden", s.hidden),
-            ("outside any class folder", s.outside_class),
-            ("link (rejected)", s.links),
-            ("device or fifo (rejected)", s.devices),
-            ("absolute path (rejected)", s.absolute),
-            ("`..` in path (rejected)", s.dotdot),
-            ("other", s.other),
-        ];
-        let listed: Vec<String> = reasons
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(why, n)| format!("{n} {why}"))
-            .collect();
-        println!("skipped {} entries: {}", s.total(), listed.join(", "));
+    if let Some(line) = skipped_line(&r.skipped) {
+        println!("{line}");
     }
     if r.archives > 0 {
         let what = if r.members_scanned == 0 {

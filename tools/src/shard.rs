@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use imgloader::IndexPolicy;
 use imgloader::shard::{Reencode, ShardSplit, ShardWriter};
 
 use crate::Labels;
@@ -16,7 +17,7 @@ pub struct Args {
     #[command(flatten)]
     labels: Labels,
     /// Output folder: created, or an interrupted run of the same command to resume. Nothing is written
-    /// elsewhere.
+    /// elsewhere (the source's index is used if `imgtool index` saved one, else built in memory).
     #[arg(long)]
     out: PathBuf,
     /// Largest shard: a number of bytes with an optional unit (KB/MB/GB = 1000^n, K/M/G, KiB/MiB/GiB =
@@ -70,7 +71,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
     };
     let bytes = value * mult as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
@@ -80,7 +85,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (source, _) = crate::open(&args.src, &args.labels, false)?;
+    // Read-only: nothing is written outside --out, not even the source's index (`imgtool index` saves it).
+    let (source, report) = crate::open_with(&args.src, &args.labels, IndexPolicy::ReadOnly)?;
+    if let Some(line) = crate::skipped_line(&report.skipped) {
+        // Say so before the long work: rejected members (links, `..`, absolute paths) are never read.
+        eprintln!("{}: {line}", args.src.display());
+    }
+    if report.indexes_built > 0 {
+        eprintln!(
+            "{}: indexed in memory; `imgtool index {}` saves the index so that re-runs start at once",
+            args.src.display(),
+            args.src.display()
+        );
+    }
     let split = match args.num_shards {
         Some(n) => ShardSplit::Count(n),
         None => ShardSplit::Bytes(args.shard_size.unwrap_or(1 << 30)),

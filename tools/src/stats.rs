@@ -137,8 +137,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.buckets > 0, "invalid --buckets: 0; at least 1");
     let start = Instant::now();
     let (source, _) = crate::open(&args.src, &args.labels, false)?;
-    let facts: Vec<Facts> =
-        crate::scan::each_sample(&*source, args.threads, "stats", |scratch: &mut Vec<u8>, i| {
+    let facts: Vec<Facts> = crate::scan::each_sample(
+        &*source,
+        args.threads,
+        "stats",
+        |scratch: &mut Vec<u8>, i| {
             let bytes = source.bytes(i, scratch).ok()?;
             let info = decode::probe(bytes).ok()?;
             let format = match info.format {
@@ -147,7 +150,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ => "other",
             };
             Some((info.width, info.height, bytes.len() as u64, format))
-        })?;
+        },
+    )?;
     let secs = start.elapsed().as_secs_f64();
 
     let classes = source.classes();
@@ -210,9 +214,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "images_per_class": class_dist.json(args.buckets),
             "unreadable_headers": unreadable,
         });
-        for (key, d) in ["width", "height", "shorter_side", "megapixels", "file_size_kb"]
-            .iter()
-            .zip(&dists)
+        for (key, d) in [
+            "width",
+            "height",
+            "shorter_side",
+            "megapixels",
+            "file_size_kb",
+        ]
+        .iter()
+        .zip(&dists)
         {
             v[*key] = d.json(args.buckets);
         }

@@ -194,7 +194,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         if let Some((ok, want)) = &expect {
             let verdict = if *ok { "ok" } else { "MISMATCH" };
-            println!("counts: {verdict} (expected {want}, found {images} images in {classes} classes)");
+            println!(
+                "counts: {verdict} (expected {want}, found {images} images in {classes} classes)"
+            );
         }
     }
     if !bad.is_empty() {
