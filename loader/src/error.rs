@@ -90,6 +90,12 @@ pub enum Error {
     /// The dataset's layout is not one we read, or is ambiguous.
     #[error("{}: {reason}", path.display())]
     Layout { path: PathBuf, reason: String },
+    /// A decoded sample could not be resized or encoded again (shard writer).
+    #[error("{sample}: cannot re-encode: {reason}")]
+    Encode { sample: String, reason: String },
+    /// A shard output folder cannot be written or resumed.
+    #[error("{}: {reason}", path.display())]
+    ShardDir { path: PathBuf, reason: String },
 }
 
 fn labels_problems(

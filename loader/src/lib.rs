@@ -31,6 +31,7 @@ pub mod decode;
 pub mod error;
 mod pipeline;
 pub mod sampler;
+pub mod shard;
 pub mod source;
 
 pub use augment::{
@@ -43,6 +44,7 @@ pub use pipeline::{
     LoaderBuilder, Output, Transform,
 };
 pub use sampler::{DistributedSampler, PartitionSampler};
+pub use shard::{ShardWriter, ShardWriterBuilder};
 pub use source::{
     IndexPolicy, Layout, OpenOptions, OpenReport, Skipped, Source, open, open_with_report,
 };

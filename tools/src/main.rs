@@ -1,5 +1,11 @@
 //! `imgtool`: dataset tools. Thin: parse arguments, call the loader and fixtures crates, print.
 
+mod progress;
+mod scan;
+mod shard;
+mod stats;
+mod verify;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +20,7 @@ use imgloader::{
     ValAugment,
 };
 
-/// Dataset tools for ImageNet-style data: synthesise, index, benchmark.
+/// Dataset tools for ImageNet-style data: synthesise, index, shard, verify, stats, benchmark.
 #[derive(Debug, Parser)]
 #[command(name = "imgtool", version, about)]
 struct Cli {
@@ -32,6 +38,25 @@ enum Command {
     ///
     /// Example: imgtool index demo-data/train.tar
     Index(IndexArgs),
+    /// Convert a dataset into shuffled webdataset tar shards (`<key>.jpg` + `<key>.cls`), optionally
+    /// re-encoded smaller; resumable.
+    ///
+    /// Writes `<out>/shard-000000.tar`, … each with an index sidecar, and `manifest.json` (counts, classes,
+    /// per-shard CRC-32s). The loader and webdataset read the folder. An interrupted run is resumed by
+    /// running the same command again.
+    ///
+    /// Example: imgtool shard train.tar --out train-shards --shard-size 1GiB --max-side 500 --quality 90
+    Shard(shard::Args),
+    /// Decode every image; list odd files (CMYK, grayscale, PNG named .JPEG) and bad ones (truncated,
+    /// corrupt, oversized) by full name; exit non-zero on any bad file or wrong count.
+    ///
+    /// Example: imgtool verify ILSVRC2012_img_train.tar --expect imagenet-train
+    Verify(verify::Args),
+    /// Class counts, resolution and file-size distributions (text histograms or --json), from image
+    /// headers only.
+    ///
+    /// Example: imgtool stats val.tar --labels LOC_val_solution.csv
+    Stats(stats::Args),
     /// Measure the loader as a user gets it: source -> decode -> augment -> batches in memory.
     ///
     /// Example: imgtool bench demo-data/train.tar --pipeline train --threads 2
@@ -170,22 +195,65 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Default worker count: every core.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn open(
     src: &Path,
     labels: &Labels,
     rebuild: bool,
 ) -> anyhow::Result<(Arc<dyn Source>, OpenReport)> {
+    let policy = if rebuild {
+        IndexPolicy::Rebuild
+    } else {
+        IndexPolicy::Use
+    };
+    open_with(src, labels, policy)
+}
+
+fn open_with(
+    src: &Path,
+    labels: &Labels,
+    index: IndexPolicy,
+) -> anyhow::Result<(Arc<dyn Source>, OpenReport)> {
     let opts = OpenOptions {
         labels: labels.labels.clone(),
         synsets: labels.synsets.clone(),
-        index: if rebuild {
-            IndexPolicy::Rebuild
-        } else {
-            IndexPolicy::Use
-        },
+        index,
         ..Default::default()
     };
     imgloader::open_with_report(src, &opts).with_context(|| format!("opening {}", src.display()))
+}
+
+/// `skipped N entries: 2 not an image, 1 link (rejected), …`, or `None` when nothing was skipped.
+fn skipped_line(s: &imgloader::Skipped) -> Option<String> {
+    if s.total() == 0 {
+        return None;
+    }
+    let reasons = [
+        ("not an image", s.non_image),
+        ("unsupported image format", s.unsupported_image),
+        ("directory", s.directories),
+        ("hidden", s.hidden),
+        ("outside any class folder", s.outside_class),
+        ("link (rejected)", s.links),
+        ("device or fifo (rejected)", s.devices),
+        ("absolute path (rejected)", s.absolute),
+        ("`..` in path (rejected)", s.dotdot),
+        ("other", s.other),
+    ];
+    let listed: Vec<String> = reasons
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{n} {why}"))
+        .collect();
+    Some(format!(
+        "skipped {} entries: {}",
+        s.total(),
+        listed.join(", ")
+    ))
 }
 
 fn index(args: IndexArgs) -> anyhow::Result<()> {
@@ -200,26 +268,8 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         r.classes,
         r.image_bytes as f64 / 1e6
     );
-    let s = &r.skipped;
-    if s.total() > 0 {
-        let reasons = [
-            ("not an image", s.non_image),
-            ("unsupported image format", s.unsupported_image),
-            ("directory", s.directories),
-            ("hidden", s.hidden),
-            ("outside any class folder", s.outside_class),
-            ("link (rejected)", s.links),
-            ("device or fifo (rejected)", s.devices),
-            ("absolute path (rejected)", s.absolute),
-            ("`..` in path (rejected)", s.dotdot),
-            ("other", s.other),
-        ];
-        let listed: Vec<String> = reasons
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(why, n)| format!("{n} {why}"))
-            .collect();
-        println!("skipped {} entries: {}", s.total(), listed.join(", "));
+    if let Some(line) = skipped_line(&r.skipped) {
+        println!("{line}");
     }
     if r.archives > 0 {
         let what = if r.members_scanned == 0 {
@@ -327,6 +377,9 @@ fn main() -> ExitCode {
         Command::Synth(a) => synth(a),
         Command::Index(a) => index(a),
         Command::Bench(a) => bench(a),
+        Command::Shard(a) => shard::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Stats(a) => stats::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

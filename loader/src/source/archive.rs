@@ -106,6 +106,16 @@ fn map_tar(
     })
 }
 
+/// Index of one webdataset shard, loaded or built and saved; its sample count.
+pub(crate) fn index_shard(path: &Path, cache_dir: &Path) -> Result<usize> {
+    let opts = OpenOptions {
+        cache_dir: Some(cache_dir.to_owned()),
+        ..OpenOptions::default()
+    };
+    let archive = map_tar(path, Mode::Shard, &opts, &mut OpenReport::default())?;
+    Ok(archive.index.len())
+}
+
 /// Sorts samples by label, then folder and file name of their path (then archive and record, so that
 /// equal names keep a fixed order).
 fn sort_refs(archives: &[Archive], refs: &mut [(u32, u32)], labels: &mut [u32]) {

@@ -230,6 +230,12 @@ pub fn open_with_report(path: &Path, opts: &OpenOptions) -> Result<(Arc<dyn Sour
     Ok((source, report))
 }
 
+/// Loads or builds (and saves, falling back to `cache_dir`) the index of one webdataset shard; returns its
+/// sample count. The shard writer indexes each shard it finishes.
+pub(crate) fn index_shard(path: &Path, cache_dir: &Path) -> Result<usize> {
+    archive::index_shard(path, cache_dir)
+}
+
 /// Which kind of file a name is, by its extension (after the last dot, any case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {

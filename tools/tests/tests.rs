@@ -1,0 +1,9 @@
+//! imgtool's integration tests: one binary (`autotests = false`), one module per command.
+
+mod cli;
+mod hostile;
+mod index;
+mod shard;
+mod stats;
+mod util;
+mod verify;

@@ -1,0 +1,118 @@
+//! Running `imgtool`, small datasets, and the Python reference (IMG_PYTHON) for the command tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn imgtool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgtool"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs imgtool, asserts success, returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = imgtool(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "imgtool {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs imgtool, asserts a clean failure (an `imgtool: error:` line, no panic), returns (stdout, stderr).
+pub fn fails(args: &[&str]) -> (String, String) {
+    let out = imgtool(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "imgtool {args:?} should fail:\n{stdout}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("imgtool: error: ") || stderr.contains("error: "),
+        "{stderr}"
+    );
+    (stdout, stderr)
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A small synthetic dataset (3 classes, `per_class` train images of 64-160 px) in `dir`.
+pub fn dataset(dir: &Path, per_class: usize) -> PathBuf {
+    let cfg = imgfixtures::SynthConfig {
+        classes: 3,
+        train_per_class: per_class,
+        val_per_class: 2,
+        min_side: 64,
+        max_side: 160,
+        ..Default::default()
+    };
+    imgfixtures::write_dataset(&cfg, dir).unwrap();
+    dir.to_owned()
+}
+
+/// The reference interpreter, or `None` (after saying so) when IMG_PYTHON is unset; under CI a failure.
+pub fn ref_python() -> Option<PathBuf> {
+    match std::env::var_os("IMG_PYTHON") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ if std::env::var_os("CI").is_some() => panic!("IMG_PYTHON must be set when CI is set"),
+        _ => {
+            eprintln!("skipped: IMG_PYTHON not set");
+            None
+        }
+    }
+}
+
+/// Runs `tests/py/<script>` with `args`; returns stdout, panics with stderr on failure.
+pub fn run_py(python: &Path, script: &str, args: &[&str]) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let out = Command::new(python)
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Regular files under `dir`, recursively, relative, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// PSNR in dB between two RGB buffers of the same length.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
+}
