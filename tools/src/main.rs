@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use imgloader::{
-    BadSamples, IndexPolicy, Loader, OpenOptions, OpenReport, Source, TrainAugment, Transform,
-    ValAugment,
+    BadSamples, DecodeOptions, DecodePool, DistributedSampler, IndexPolicy, Loader, OpenOptions,
+    OpenReport, Source, TrainAugment, Transform, ValAugment,
 };
 
 /// Dataset tools for ImageNet-style data: synthesise, index, benchmark.
@@ -98,6 +98,8 @@ enum Pipeline {
     Train,
     /// Resize shorter side + centre crop.
     Val,
+    /// Decode only: no augmentation, no batch assembly, on the same number of threads.
+    Decode,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,9 +117,15 @@ struct BenchArgs {
     /// Samples per batch.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: usize,
-    /// Epochs to time (after one warm-up pass over the first batches).
+    /// Epochs to time (after a warm-up over the first batches of an untimed epoch).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// Stop after this many images (whole batches), over all epochs; 0: whole epochs. For big datasets.
+    #[arg(long, default_value_t = 0)]
+    max_images: usize,
+    /// Seed of shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Output side length.
     #[arg(long, default_value_t = 224)]
     crop_size: u32,
@@ -247,76 +255,188 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
 
 /// Peak resident set size of this process, from /proc (Linux), in bytes.
 fn peak_rss() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Resident set size of this process now, from /proc (Linux), in bytes.
+fn current_rss() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One timed epoch of `imgtool bench`.
+#[derive(Debug)]
+struct EpochRun {
+    images: usize,
+    bad: usize,
+    secs: f64,
+    /// Resident set size right after the epoch: it must not grow from one epoch to the next.
+    rss: u64,
+}
+
+/// What the bench runs: the loader (train/val: decode + augment + batch), or the decode pool alone.
+enum BenchRunner {
+    Loader(Loader),
+    Decode {
+        pool: DecodePool,
+        sampler: DistributedSampler,
+    },
+}
+
+impl BenchRunner {
+    fn new(args: &BenchArgs, source: Arc<dyn Source>) -> anyhow::Result<Self> {
+        let transform = match args.pipeline {
+            Pipeline::Train => Transform::Train(TrainAugment {
+                size: (args.crop_size, args.crop_size),
+                ..Default::default()
+            }),
+            Pipeline::Val => Transform::Val(ValAugment {
+                crop: args.crop_size,
+                ..Default::default()
+            }),
+            Pipeline::Decode => {
+                let pool = DecodePool::new(source.clone(), args.threads, DecodeOptions::default())
+                    .context("configuring the decode pool")?;
+                // Shuffled like the train pipeline, so both read the files in the same kind of order.
+                let sampler = DistributedSampler::new(source.len(), 0, 1, true, args.seed, false)
+                    .context("configuring the sampler")?;
+                anyhow::ensure!(
+                    args.batch_size > 0,
+                    "invalid batch size: must be at least 1"
+                );
+                return Ok(BenchRunner::Decode { pool, sampler });
+            }
+        };
+        let loader = Loader::builder(source)
+            .batch_size(args.batch_size)
+            .threads(args.threads)
+            .transform(transform)
+            .seed(args.seed)
+            .bad_samples(BadSamples::Skip {
+                max_total: usize::MAX,
+                max_consecutive: 16,
+            })
+            .build()
+            .context("configuring the loader")?;
+        Ok(BenchRunner::Loader(loader))
+    }
+
+    /// Runs epoch `epoch`, stopping after `limit` images (whole batches); returns (images, bad samples)
+    /// and appends the indices read to `seen`.
+    fn epoch(
+        &self,
+        epoch: u64,
+        limit: usize,
+        seen: &mut Vec<usize>,
+    ) -> anyhow::Result<(usize, usize)> {
+        match self {
+            BenchRunner::Loader(loader) => {
+                let bad_before = loader.bad_samples();
+                let mut images = 0;
+                for batch in loader.epoch(epoch) {
+                    let batch = batch?;
+                    images += batch.len;
+                    seen.extend_from_slice(&batch.indices);
+                    if images >= limit {
+                        break;
+                    }
+                }
+                Ok((images, loader.bad_samples() - bad_before))
+            }
+            BenchRunner::Decode { pool, sampler } => {
+                let mut indices = sampler.indices(epoch);
+                indices.truncate(limit);
+                let summary = pool.decode(&indices, |_, _| {})?;
+                seen.extend_from_slice(&indices);
+                Ok((summary.images, summary.bad))
+            }
+        }
+    }
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (source, _) = open(&args.src, &args.labels, false)?;
-    let transform = match args.pipeline {
-        Pipeline::Train => Transform::Train(TrainAugment {
-            size: (args.crop_size, args.crop_size),
-            ..Default::default()
-        }),
-        Pipeline::Val => Transform::Val(ValAugment {
-            crop: args.crop_size,
-            ..Default::default()
-        }),
+    let runner = BenchRunner::new(&args, source.clone())?;
+    let limit = match args.max_images {
+        0 => usize::MAX,
+        n => n,
     };
-    let loader = Loader::builder(source.clone())
-        .batch_size(args.batch_size)
-        .threads(args.threads)
-        .transform(transform)
-        .bad_samples(BadSamples::Skip {
-            max_total: usize::MAX,
-            max_consecutive: 16,
-        })
-        .build()
-        .context("configuring the loader")?;
 
-    // Warm-up: the first few batches fault in the files and the workers' scratch buffers.
-    for batch in loader.epoch(u64::MAX).take(2) {
-        batch?;
-    }
-    let bad_before = loader.bad_samples();
-    let start = Instant::now();
-    let (mut images, mut bytes) = (0usize, 0usize);
-    let mut scratch = Vec::new();
+    // Warm-up on an epoch that is never timed: the first batches fault in the files, start the threads
+    // and grow the workers' scratch buffers.
+    let mut seen = Vec::new();
+    runner.epoch(u64::MAX, 2 * args.batch_size, &mut seen)?;
+    seen.clear();
+
+    let mut runs = Vec::new();
+    let mut left = limit;
     for epoch in 0..args.epochs {
-        for batch in loader.epoch(epoch) {
-            let batch = batch?;
-            images += batch.len;
-            for &i in &batch.indices {
-                bytes += source.bytes(i, &mut scratch).map_or(0, <[u8]>::len);
-            }
+        if left == 0 {
+            break;
         }
+        let start = Instant::now();
+        let (images, bad) = runner.epoch(epoch, left, &mut seen)?;
+        let secs = start.elapsed().as_secs_f64();
+        left = left.saturating_sub(images);
+        runs.push(EpochRun {
+            images,
+            bad,
+            secs,
+            rss: current_rss().unwrap_or(0),
+        });
     }
-    let secs = start.elapsed().as_secs_f64();
+    let images: usize = runs.iter().map(|r| r.images).sum();
+    let bad: usize = runs.iter().map(|r| r.bad).sum();
+    let secs: f64 = runs.iter().map(|r| r.secs).sum();
+    // Counted after the clock stops: a folder source reads the file again to learn its size.
+    let mut scratch = Vec::new();
+    let bytes: usize = seen
+        .iter()
+        .map(|&i| source.bytes(i, &mut scratch).map_or(0, <[u8]>::len))
+        .sum();
     let ips = images as f64 / secs;
-    let bad = loader.bad_samples() - bad_before;
     let rss = peak_rss().unwrap_or(0);
     let pipeline = format!("{:?}", args.pipeline).to_lowercase();
     if args.json {
+        let list =
+            |f: &dyn Fn(&EpochRun) -> String| runs.iter().map(f).collect::<Vec<_>>().join(",");
         println!(
-            "{{\"tool\":\"imgloader\",\"pipeline\":\"{pipeline}\",\"threads\":{},\"batch_size\":{},\"images\":{images},\
-             \"seconds\":{secs:.4},\"images_per_sec\":{ips:.2},\"images_per_sec_per_thread\":{:.2},\
-             \"mb_per_sec\":{:.3},\"peak_rss_bytes\":{rss},\"bad_samples\":{bad}}}",
+            "{{\"tool\":\"imgloader\",\"pipeline\":\"{pipeline}\",\"threads\":{},\"batch_size\":{},\
+             \"epochs\":{},\"images\":{images},\"seconds\":{secs:.4},\"images_per_sec\":{ips:.2},\
+             \"images_per_sec_per_thread\":{:.2},\"mb_per_sec\":{:.3},\"peak_rss_bytes\":{rss},\
+             \"bad_samples\":{bad},\"epoch_images_per_sec\":[{}],\"epoch_rss_bytes\":[{}]}}",
             args.threads,
             args.batch_size,
+            runs.len(),
             ips / args.threads as f64,
             bytes as f64 / secs / 1e6,
+            list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
+            list(&|r| r.rss.to_string()),
         );
     } else {
         println!(
             "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
-             {:.1} MB/s of JPEG, peak RSS {:.0} MiB, {bad} bad samples",
+             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples",
             ips / args.threads as f64,
             args.threads,
             bytes as f64 / secs / 1e6,
             rss as f64 / (1 << 20) as f64,
         );
+        if runs.len() > 1 {
+            for (epoch, r) in runs.iter().enumerate() {
+                println!(
+                    "  epoch {epoch}: {} images, {:.1} img/s, RSS after it {:.0} MiB",
+                    r.images,
+                    r.images as f64 / r.secs,
+                    r.rss as f64 / (1 << 20) as f64
+                );
+            }
+        }
     }
     Ok(())
 }
