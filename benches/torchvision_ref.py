@@ -150,6 +150,20 @@ def peak_rss(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """CPU time used so far by all threads of the given processes, in seconds (from schedstat: ns on the
+    CPU). Load elsewhere on the machine slows the wall clock but not this."""
+    ns = 0
+    for pid in pids:
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    ns += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    return ns / 1e9
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data")
@@ -194,6 +208,8 @@ def main():
 
     limit = args.max_images or float("inf")
     images, epochs_run, epoch_ips, epoch_rss = 0, 0, [], []
+    pids = [os.getpid()] + workers
+    cpu_start = cpu_seconds(pids)
     start = time.perf_counter()
     for epoch in range(args.epochs):
         if images >= limit:
@@ -210,6 +226,8 @@ def main():
         epoch_ips.append(round(n / (time.perf_counter() - t0), 2))
         epoch_rss.append(peak_rss([os.getpid()] + workers))
     secs = time.perf_counter() - start
+    cpu_end = cpu_seconds(pids)
+    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
 
     ips = images / secs
     threads = max(args.workers, 1)
@@ -229,6 +247,9 @@ def main():
         "peak_rss_bytes": peak_rss([os.getpid()] + workers),
         # ImageFolder + DataLoader stop at the first bad sample; reaching here means there were none.
         "bad_samples": 0,
+        # Main process and workers together.
+        "cpu_seconds": round(cpu, 4) if cpu is not None else None,
+        "cpu_ms_per_image": round(cpu * 1e3 / images, 4) if cpu is not None and images else None,
         "epoch_images_per_sec": epoch_ips,
         "epoch_peak_rss_bytes": epoch_rss,
         "versions": {
@@ -244,7 +265,8 @@ def main():
         print(f"{result['pipeline']}: {images} images in {secs:.2f}s = {ips:.1f} img/s "
               f"({ips / threads:.1f} per worker, {args.workers} workers), "
               f"{result['mb_per_sec']:.1f} MB/s of encoded images, "
-              f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB (main + workers)")
+              f"peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB (main + workers)"
+              + (f", {result['cpu_ms_per_image']:.2f} ms of CPU per image" if cpu is not None else ""))
 
 
 if __name__ == "__main__":

@@ -263,6 +263,18 @@ fn current_rss() -> Option<u64> {
     proc_status_kb("VmRSS:").map(|kb| kb * 1024)
 }
 
+/// CPU time used so far by all threads of this process, in seconds, from /proc/self/task/*/schedstat
+/// (nanoseconds on the CPU). Load elsewhere on the machine slows the wall clock but not this, so the
+/// CPU time per image compares tools fairly even on a busy machine.
+fn cpu_seconds() -> Option<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
+}
+
 fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
@@ -375,6 +387,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     let mut left = limit;
+    let cpu_start = cpu_seconds();
     for epoch in 0..args.epochs {
         if left == 0 {
             break;
@@ -390,6 +403,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             rss: current_rss().unwrap_or(0),
         });
     }
+    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
     let images: usize = runs.iter().map(|r| r.images).sum();
     let bad: usize = runs.iter().map(|r| r.bad).sum();
     let secs: f64 = runs.iter().map(|r| r.secs).sum();
@@ -409,23 +423,33 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "{{\"tool\":\"imgloader\",\"pipeline\":\"{pipeline}\",\"threads\":{},\"batch_size\":{},\
              \"epochs\":{},\"images\":{images},\"seconds\":{secs:.4},\"images_per_sec\":{ips:.2},\
              \"images_per_sec_per_thread\":{:.2},\"mb_per_sec\":{:.3},\"peak_rss_bytes\":{rss},\
-             \"bad_samples\":{bad},\"epoch_images_per_sec\":[{}],\"epoch_rss_bytes\":[{}]}}",
+             \"bad_samples\":{bad},\"cpu_seconds\":{},\"cpu_ms_per_image\":{},\
+             \"epoch_images_per_sec\":[{}],\"epoch_rss_bytes\":[{}]}}",
             args.threads,
             args.batch_size,
             runs.len(),
             ips / args.threads as f64,
             bytes as f64 / secs / 1e6,
+            cpu.map_or("null".to_owned(), |c| format!("{c:.4}")),
+            cpu.map_or("null".to_owned(), |c| format!(
+                "{:.4}",
+                c * 1e3 / images as f64
+            )),
             list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
             list(&|r| r.rss.to_string()),
         );
     } else {
         println!(
             "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
-             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples",
+             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}",
             ips / args.threads as f64,
             args.threads,
             bytes as f64 / secs / 1e6,
             rss as f64 / (1 << 20) as f64,
+            cpu.map_or(String::new(), |c| format!(
+                ", {:.2} ms of CPU per image",
+                c * 1e3 / images as f64
+            )),
         );
         if runs.len() > 1 {
             for (epoch, r) in runs.iter().enumerate() {
