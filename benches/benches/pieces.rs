@@ -119,8 +119,14 @@ fn batch(c: &mut Criterion) {
     group.throughput(Throughput::Elements(64));
     group.sample_size(20);
     for (name, transform) in [
-        ("loader_train_1_thread_batch_64", Transform::Train(TrainAugment::default())),
-        ("loader_val_1_thread_batch_64", Transform::Val(ValAugment::default())),
+        (
+            "loader_train_1_thread_batch_64",
+            Transform::Train(TrainAugment::default()),
+        ),
+        (
+            "loader_val_1_thread_batch_64",
+            Transform::Val(ValAugment::default()),
+        ),
     ] {
         let loader = Loader::builder(source.clone())
             .batch_size(64)

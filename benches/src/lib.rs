@@ -11,7 +11,14 @@ use imgloader::{Result, Source};
 pub fn realistic_jpegs(n: usize) -> Vec<Vec<u8>> {
     let cfg = SynthConfig::realistic();
     (0..n)
-        .map(|i| imgfixtures::synth_image(&cfg, i % cfg.classes, (i / cfg.classes) as u64, Split::Train))
+        .map(|i| {
+            imgfixtures::synth_image(
+                &cfg,
+                i % cfg.classes,
+                (i / cfg.classes) as u64,
+                Split::Train,
+            )
+        })
         .collect()
 }
 
