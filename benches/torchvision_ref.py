@@ -151,17 +151,20 @@ def peak_rss(pids):
 
 
 def cpu_seconds(pids):
-    """CPU time used so far by all threads of the given processes, in seconds (from schedstat: ns on the
-    CPU). Load elsewhere on the machine slows the wall clock but not this."""
-    ns = 0
+    """(time on a CPU, time runnable but waiting for one) so far, summed over all threads of the given
+    processes, in seconds (from schedstat). Load elsewhere on the machine slows the wall clock but not
+    the first."""
+    on_cpu = waiting = 0
     for pid in pids:
         try:
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                    ns += int(f.read().split()[0])
+                    fields = f.read().split()
+                    on_cpu += int(fields[0])
+                    waiting += int(fields[1])
         except (OSError, ValueError, IndexError):
             return None
-    return ns / 1e9
+    return on_cpu / 1e9, waiting / 1e9
 
 
 def main():
@@ -227,7 +230,9 @@ def main():
         epoch_rss.append(peak_rss([os.getpid()] + workers))
     secs = time.perf_counter() - start
     cpu_end = cpu_seconds(pids)
-    cpu = cpu_end - cpu_start if cpu_start is not None and cpu_end is not None else None
+    cpu = wait = None
+    if cpu_start is not None and cpu_end is not None:
+        cpu, wait = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
 
     ips = images / secs
     threads = max(args.workers, 1)
@@ -250,6 +255,7 @@ def main():
         # Main process and workers together.
         "cpu_seconds": round(cpu, 4) if cpu is not None else None,
         "cpu_ms_per_image": round(cpu * 1e3 / images, 4) if cpu is not None and images else None,
+        "runqueue_wait_seconds": round(wait, 4) if wait is not None else None,
         "epoch_images_per_sec": epoch_ips,
         "epoch_peak_rss_bytes": epoch_rss,
         "versions": {

@@ -263,16 +263,19 @@ fn current_rss() -> Option<u64> {
     proc_status_kb("VmRSS:").map(|kb| kb * 1024)
 }
 
-/// CPU time used so far by all threads of this process, in seconds, from /proc/self/task/*/schedstat
-/// (nanoseconds on the CPU). Load elsewhere on the machine slows the wall clock but not this, so the
-/// CPU time per image compares tools fairly even on a busy machine.
-fn cpu_seconds() -> Option<f64> {
-    let mut ns = 0u64;
+/// Time all threads of this process have spent so far on a CPU, and runnable but waiting for one, in
+/// seconds, from /proc/self/task/*/schedstat. Load elsewhere on the machine slows the wall clock but not
+/// the first, so the CPU time per image compares tools fairly even on a busy machine; the second tells
+/// waiting for a core (other load) apart from waiting for work (a stall in the pipeline).
+fn cpu_seconds() -> Option<(f64, f64)> {
+    let (mut on_cpu, mut waiting) = (0u64, 0u64);
     for task in std::fs::read_dir("/proc/self/task").ok()? {
         let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        on_cpu += fields.next()?.ok()?;
+        waiting += fields.next()?.ok()?;
     }
-    Some(ns as f64 / 1e9)
+    Some((on_cpu as f64 / 1e9, waiting as f64 / 1e9))
 }
 
 fn proc_status_kb(field: &str) -> Option<u64> {
@@ -403,7 +406,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             rss: current_rss().unwrap_or(0),
         });
     }
-    let cpu = cpu_seconds().zip(cpu_start).map(|(end, start)| end - start);
+    let cpu_end = cpu_seconds();
+    let cpu = cpu_end.zip(cpu_start).map(|(end, start)| end.0 - start.0);
+    let cpu_wait = cpu_end.zip(cpu_start).map(|(end, start)| end.1 - start.1);
     let images: usize = runs.iter().map(|r| r.images).sum();
     let bad: usize = runs.iter().map(|r| r.bad).sum();
     let secs: f64 = runs.iter().map(|r| r.secs).sum();
@@ -417,27 +422,40 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let rss = peak_rss().unwrap_or(0);
     let pipeline = format!("{:?}", args.pipeline).to_lowercase();
     if args.json {
-        let list =
-            |f: &dyn Fn(&EpochRun) -> String| runs.iter().map(f).collect::<Vec<_>>().join(",");
-        println!(
-            "{{\"tool\":\"imgloader\",\"pipeline\":\"{pipeline}\",\"threads\":{},\"batch_size\":{},\
-             \"epochs\":{},\"images\":{images},\"seconds\":{secs:.4},\"images_per_sec\":{ips:.2},\
-             \"images_per_sec_per_thread\":{:.2},\"mb_per_sec\":{:.3},\"peak_rss_bytes\":{rss},\
-             \"bad_samples\":{bad},\"cpu_seconds\":{},\"cpu_ms_per_image\":{},\
-             \"epoch_images_per_sec\":[{}],\"epoch_rss_bytes\":[{}]}}",
-            args.threads,
-            args.batch_size,
-            runs.len(),
-            ips / args.threads as f64,
-            bytes as f64 / secs / 1e6,
-            cpu.map_or("null".to_owned(), |c| format!("{c:.4}")),
-            cpu.map_or("null".to_owned(), |c| format!(
-                "{:.4}",
-                c * 1e3 / images as f64
-            )),
-            list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
-            list(&|r| r.rss.to_string()),
-        );
+        let list = |f: &dyn Fn(&EpochRun) -> String| {
+            format!("[{}]", runs.iter().map(f).collect::<Vec<_>>().join(","))
+        };
+        let or_null = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
+        let fields: [(&str, String); 17] = [
+            ("tool", "\"imgloader\"".to_owned()),
+            ("pipeline", format!("\"{pipeline}\"")),
+            ("threads", args.threads.to_string()),
+            ("batch_size", args.batch_size.to_string()),
+            ("epochs", runs.len().to_string()),
+            ("images", images.to_string()),
+            ("seconds", format!("{secs:.4}")),
+            ("images_per_sec", format!("{ips:.2}")),
+            (
+                "images_per_sec_per_thread",
+                format!("{:.2}", ips / args.threads as f64),
+            ),
+            ("mb_per_sec", format!("{:.3}", bytes as f64 / secs / 1e6)),
+            ("peak_rss_bytes", rss.to_string()),
+            ("bad_samples", bad.to_string()),
+            ("cpu_seconds", or_null(cpu)),
+            (
+                "cpu_ms_per_image",
+                or_null(cpu.map(|c| c * 1e3 / images as f64)),
+            ),
+            ("runqueue_wait_seconds", or_null(cpu_wait)),
+            (
+                "epoch_images_per_sec",
+                list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
+            ),
+            ("epoch_rss_bytes", list(&|r| r.rss.to_string())),
+        ];
+        let json: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        println!("{{{}}}", json.join(","));
     } else {
         println!(
             "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
