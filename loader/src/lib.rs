@@ -28,6 +28,7 @@
 
 pub mod augment;
 pub mod decode;
+mod decode_pool;
 pub mod error;
 mod pipeline;
 pub mod sampler;
@@ -38,6 +39,7 @@ pub use augment::{
     Augmenter, IMAGENET_MEAN, IMAGENET_STD, ImageView, TrainAugment, ValAugment, sample_rng,
 };
 pub use decode::{DecodeOptions, Decoder};
+pub use decode_pool::{DecodePool, DecodeSummary};
 pub use error::{Error, Result};
 pub use pipeline::{
     Allocator, BadSample, BadSamples, Batch, Epoch, HeapAllocator, HeapBuffer, Loader,

@@ -2,6 +2,7 @@
 
 mod augment;
 mod decode;
+mod decode_pool;
 mod pipeline;
 mod sampler;
 mod sources;

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use imgloader::{
-    BadSamples, IndexPolicy, Loader, OpenOptions, OpenReport, Source, TrainAugment, Transform,
-    ValAugment,
+    BadSamples, DecodeOptions, DecodePool, DistributedSampler, IndexPolicy, Loader, OpenOptions,
+    OpenReport, Source, TrainAugment, Transform, ValAugment,
 };
 
 /// Dataset tools for ImageNet-style data: synthesise, index, shard, verify, stats, benchmark.
@@ -123,6 +123,8 @@ enum Pipeline {
     Train,
     /// Resize shorter side + centre crop.
     Val,
+    /// Decode only: no augmentation, no batch assembly, on the same number of threads.
+    Decode,
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,9 +142,15 @@ struct BenchArgs {
     /// Samples per batch.
     #[arg(long, short = 'b', default_value_t = 64)]
     batch_size: usize,
-    /// Epochs to time (after one warm-up pass over the first batches).
+    /// Epochs to time (after a warm-up over the first batches of an untimed epoch).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// Stop after this many images (whole batches), over all epochs; 0: whole epochs. For big datasets.
+    #[arg(long, default_value_t = 0)]
+    max_images: usize,
+    /// Seed of shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Output side length.
     #[arg(long, default_value_t = 224)]
     crop_size: u32,
@@ -297,76 +305,230 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
 
 /// Peak resident set size of this process, from /proc (Linux), in bytes.
 fn peak_rss() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Resident set size of this process now, from /proc (Linux), in bytes.
+fn current_rss() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Time all threads of this process have spent so far on a CPU, and runnable but waiting for one, in
+/// seconds, from /proc/self/task/*/schedstat. Load elsewhere on the machine slows the wall clock but not
+/// the first, so the CPU time per image compares tools fairly even on a busy machine; the second tells
+/// waiting for a core (other load) apart from waiting for work (a stall in the pipeline).
+fn cpu_seconds() -> Option<(f64, f64)> {
+    let (mut on_cpu, mut waiting) = (0u64, 0u64);
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        let mut fields = stat.split_whitespace().map(str::parse::<u64>);
+        on_cpu += fields.next()?.ok()?;
+        waiting += fields.next()?.ok()?;
+    }
+    Some((on_cpu as f64 / 1e9, waiting as f64 / 1e9))
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One timed epoch of `imgtool bench`.
+#[derive(Debug)]
+struct EpochRun {
+    images: usize,
+    bad: usize,
+    secs: f64,
+    /// Resident set size right after the epoch: it must not grow from one epoch to the next.
+    rss: u64,
+}
+
+/// What the bench runs: the loader (train/val: decode + augment + batch), or the decode pool alone.
+enum BenchRunner {
+    Loader(Loader),
+    Decode {
+        pool: DecodePool,
+        sampler: DistributedSampler,
+    },
+}
+
+impl BenchRunner {
+    fn new(args: &BenchArgs, source: Arc<dyn Source>) -> anyhow::Result<Self> {
+        let transform = match args.pipeline {
+            Pipeline::Train => Transform::Train(TrainAugment {
+                size: (args.crop_size, args.crop_size),
+                ..Default::default()
+            }),
+            Pipeline::Val => Transform::Val(ValAugment {
+                crop: args.crop_size,
+                ..Default::default()
+            }),
+            Pipeline::Decode => {
+                let pool = DecodePool::new(source.clone(), args.threads, DecodeOptions::default())
+                    .context("configuring the decode pool")?;
+                // Shuffled like the train pipeline, so both read the files in the same kind of order.
+                let sampler = DistributedSampler::new(source.len(), 0, 1, true, args.seed, false)
+                    .context("configuring the sampler")?;
+                anyhow::ensure!(
+                    args.batch_size > 0,
+                    "invalid batch size: must be at least 1"
+                );
+                return Ok(BenchRunner::Decode { pool, sampler });
+            }
+        };
+        let loader = Loader::builder(source)
+            .batch_size(args.batch_size)
+            .threads(args.threads)
+            .transform(transform)
+            .seed(args.seed)
+            .bad_samples(BadSamples::Skip {
+                max_total: usize::MAX,
+                max_consecutive: 16,
+            })
+            .build()
+            .context("configuring the loader")?;
+        Ok(BenchRunner::Loader(loader))
+    }
+
+    /// Runs epoch `epoch`, stopping after `limit` images (whole batches); returns (images, bad samples)
+    /// and appends the indices read to `seen`.
+    fn epoch(
+        &self,
+        epoch: u64,
+        limit: usize,
+        seen: &mut Vec<usize>,
+    ) -> anyhow::Result<(usize, usize)> {
+        match self {
+            BenchRunner::Loader(loader) => {
+                let bad_before = loader.bad_samples();
+                let mut images = 0;
+                for batch in loader.epoch(epoch) {
+                    let batch = batch?;
+                    images += batch.len;
+                    seen.extend_from_slice(&batch.indices);
+                    if images >= limit {
+                        break;
+                    }
+                }
+                Ok((images, loader.bad_samples() - bad_before))
+            }
+            BenchRunner::Decode { pool, sampler } => {
+                let mut indices = sampler.indices(epoch);
+                indices.truncate(limit);
+                let summary = pool.decode(&indices, |_, _| {})?;
+                seen.extend_from_slice(&indices);
+                Ok((summary.images, summary.bad))
+            }
+        }
+    }
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (source, _) = open(&args.src, &args.labels, false)?;
-    let transform = match args.pipeline {
-        Pipeline::Train => Transform::Train(TrainAugment {
-            size: (args.crop_size, args.crop_size),
-            ..Default::default()
-        }),
-        Pipeline::Val => Transform::Val(ValAugment {
-            crop: args.crop_size,
-            ..Default::default()
-        }),
+    let runner = BenchRunner::new(&args, source.clone())?;
+    let limit = match args.max_images {
+        0 => usize::MAX,
+        n => n,
     };
-    let loader = Loader::builder(source.clone())
-        .batch_size(args.batch_size)
-        .threads(args.threads)
-        .transform(transform)
-        .bad_samples(BadSamples::Skip {
-            max_total: usize::MAX,
-            max_consecutive: 16,
-        })
-        .build()
-        .context("configuring the loader")?;
 
-    // Warm-up: the first few batches fault in the files and the workers' scratch buffers.
-    for batch in loader.epoch(u64::MAX).take(2) {
-        batch?;
-    }
-    let bad_before = loader.bad_samples();
-    let start = Instant::now();
-    let (mut images, mut bytes) = (0usize, 0usize);
-    let mut scratch = Vec::new();
+    // Warm-up on an epoch that is never timed: the first batches fault in the files, start the threads
+    // and grow the workers' scratch buffers.
+    let mut seen = Vec::new();
+    runner.epoch(u64::MAX, 2 * args.batch_size, &mut seen)?;
+    seen.clear();
+
+    let mut runs = Vec::new();
+    let mut left = limit;
+    let cpu_start = cpu_seconds();
     for epoch in 0..args.epochs {
-        for batch in loader.epoch(epoch) {
-            let batch = batch?;
-            images += batch.len;
-            for &i in &batch.indices {
-                bytes += source.bytes(i, &mut scratch).map_or(0, <[u8]>::len);
-            }
+        if left == 0 {
+            break;
         }
+        let start = Instant::now();
+        let (images, bad) = runner.epoch(epoch, left, &mut seen)?;
+        let secs = start.elapsed().as_secs_f64();
+        left = left.saturating_sub(images);
+        runs.push(EpochRun {
+            images,
+            bad,
+            secs,
+            rss: current_rss().unwrap_or(0),
+        });
     }
-    let secs = start.elapsed().as_secs_f64();
+    let cpu_end = cpu_seconds();
+    let cpu = cpu_end.zip(cpu_start).map(|(end, start)| end.0 - start.0);
+    let cpu_wait = cpu_end.zip(cpu_start).map(|(end, start)| end.1 - start.1);
+    let images: usize = runs.iter().map(|r| r.images).sum();
+    let bad: usize = runs.iter().map(|r| r.bad).sum();
+    let secs: f64 = runs.iter().map(|r| r.secs).sum();
+    // Counted after the clock stops: a folder source reads the file again to learn its size.
+    let mut scratch = Vec::new();
+    let bytes: usize = seen
+        .iter()
+        .map(|&i| source.bytes(i, &mut scratch).map_or(0, <[u8]>::len))
+        .sum();
     let ips = images as f64 / secs;
-    let bad = loader.bad_samples() - bad_before;
     let rss = peak_rss().unwrap_or(0);
     let pipeline = format!("{:?}", args.pipeline).to_lowercase();
     if args.json {
-        println!(
-            "{{\"tool\":\"imgloader\",\"pipeline\":\"{pipeline}\",\"threads\":{},\"batch_size\":{},\"images\":{images},\
-             \"seconds\":{secs:.4},\"images_per_sec\":{ips:.2},\"images_per_sec_per_thread\":{:.2},\
-             \"mb_per_sec\":{:.3},\"peak_rss_bytes\":{rss},\"bad_samples\":{bad}}}",
-            args.threads,
-            args.batch_size,
-            ips / args.threads as f64,
-            bytes as f64 / secs / 1e6,
-        );
+        let list = |f: &dyn Fn(&EpochRun) -> String| {
+            format!("[{}]", runs.iter().map(f).collect::<Vec<_>>().join(","))
+        };
+        let or_null = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
+        let fields: [(&str, String); 17] = [
+            ("tool", "\"imgloader\"".to_owned()),
+            ("pipeline", format!("\"{pipeline}\"")),
+            ("threads", args.threads.to_string()),
+            ("batch_size", args.batch_size.to_string()),
+            ("epochs", runs.len().to_string()),
+            ("images", images.to_string()),
+            ("seconds", format!("{secs:.4}")),
+            ("images_per_sec", format!("{ips:.2}")),
+            (
+                "images_per_sec_per_thread",
+                format!("{:.2}", ips / args.threads as f64),
+            ),
+            ("mb_per_sec", format!("{:.3}", bytes as f64 / secs / 1e6)),
+            ("peak_rss_bytes", rss.to_string()),
+            ("bad_samples", bad.to_string()),
+            ("cpu_seconds", or_null(cpu)),
+            (
+                "cpu_ms_per_image",
+                or_null(cpu.map(|c| c * 1e3 / images as f64)),
+            ),
+            ("runqueue_wait_seconds", or_null(cpu_wait)),
+            (
+                "epoch_images_per_sec",
+                list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
+            ),
+            ("epoch_rss_bytes", list(&|r| r.rss.to_string())),
+        ];
+        let json: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        println!("{{{}}}", json.join(","));
     } else {
         println!(
             "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
-             {:.1} MB/s of JPEG, peak RSS {:.0} MiB, {bad} bad samples",
+             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}",
             ips / args.threads as f64,
             args.threads,
             bytes as f64 / secs / 1e6,
             rss as f64 / (1 << 20) as f64,
+            cpu.map_or(String::new(), |c| format!(
+                ", {:.2} ms of CPU per image",
+                c * 1e3 / images as f64
+            )),
         );
+        if runs.len() > 1 {
+            for (epoch, r) in runs.iter().enumerate() {
+                println!(
+                    "  epoch {epoch}: {} images, {:.1} img/s, RSS after it {:.0} MiB",
+                    r.images,
+                    r.images as f64 / r.secs,
+                    r.rss as f64 / (1 << 20) as f64
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! imgtool's integration tests: one binary (`autotests = false`), one module per command.
 
+mod bench;
 mod cli;
 mod hostile;
 mod index;
