@@ -400,7 +400,10 @@ fn common_prefix(names: &[String]) -> usize {
             .take_while(|(a, b)| a == b)
             .count();
     }
-    // Never strip a whole name (a one-sample source), and cut on a char boundary after a separator.
+    while !first.is_char_boundary(len) {
+        len -= 1; // names differing inside a multi-byte character
+    }
+    // Never strip a whole name (a one-sample source); cut just after a separator.
     let mut cut = first[..len].rfind(['/', ' ']).map_or(0, |i| i + 1);
     while names.iter().any(|n| n.len() <= cut) && cut > 0 {
         cut = first[..cut - 1].rfind(['/', ' ']).map_or(0, |i| i + 1);
@@ -753,7 +756,8 @@ impl ShardWriter {
             shards: Vec::new(),
             bad: Vec::new(),
         };
-        match std::fs::symlink_metadata(out) {
+        // `metadata` follows a link: an output folder may be a link to another disk.
+        match std::fs::metadata(out) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(out).map_err(io_err(out))?;
                 return Ok(resume);
@@ -1140,6 +1144,8 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(&names[0][common_prefix(&names)..], "a/x.jpg");
+        let accents: Vec<String> = ["/d/é/x.jpg", "/d/è/x.jpg"].map(String::from).into();
+        assert_eq!(&accents[1][common_prefix(&accents)..], "è/x.jpg");
         let one = vec!["/d/x.jpg".to_owned()];
         assert_eq!(&one[0][common_prefix(&one)..], "x.jpg");
         let p = permutation(1000, 3);

@@ -48,11 +48,12 @@ impl Progress {
     /// Items done so far (`resumed` of them were done before this run started: not counted in the rate).
     pub fn set(&self, done: u64, resumed: u64) {
         if let Some(bar) = &self.bar {
-            if bar.position() == 0 && resumed > 0 {
-                bar.reset_elapsed();
+            let jump = bar.position() == 0 && resumed > 0;
+            bar.set_position(done);
+            if jump {
+                // Work done by an earlier run is not this run's speed.
                 bar.reset_eta();
             }
-            bar.set_position(done);
             return;
         }
         let mut last = self.plain.lock().unwrap_or_else(|p| p.into_inner());

@@ -108,7 +108,6 @@ fn check(state: &mut (Decoder, Vec<u8>), source: &dyn imgloader::Source, i: usiz
     match info.format {
         ImageFormat::Png if has_ext(&name, &["jpg", "jpeg"]) => odd.push("png-named-jpeg"),
         ImageFormat::Jpeg if has_ext(&name, &["png"]) => odd.push("jpeg-named-png"),
-        ImageFormat::Png => odd.push("png"),
         _ => {}
     }
     match info.color {
