@@ -60,10 +60,7 @@ if [[ ! -f "$data/val.tar" ]]; then
 fi
 step index-train "$carry/imgtool" index "$data/train.tar"
 step index-val "$carry/imgtool" index "$data/val.tar"
-# Train from the tars (folders would be found first), so move the folders aside.
-for split in train val; do
-    [[ -d "$data/$split" ]] && mv "$data/$split" "$data/$split.folders"
-done
+# imgtrain reads train.tar and val.tar (a tar wins over the folder of the same split).
 real=(-j "$threads" -b 256 --epochs 2 -p 20 --seed 0)
 step jpeg-resnet50 "$carry/imgtrain" "$data" "${real[@]}" -a resnet50 --output_dir "$work/j50"
 step jpeg-resnet18 "$carry/imgtrain" "$data" "${real[@]}" -a resnet18 --output_dir "$work/j18"

@@ -22,9 +22,10 @@ pub struct DataPaths {
     pub val: PathBuf,
 }
 
-/// Finds the splits under `data`: `train/` and `val/` folders (class folders or webdataset shards), or
-/// `train.tar` and `val.tar`. A folder wins over a tar of the same split. `need_train` is false for
-/// evaluate-only runs.
+/// Finds the splits under `data`: `train.tar` and `val.tar`, or `train/` and `val/` folders (class
+/// folders or webdataset shards). A tar wins over a folder of the same split (typically its extracted
+/// copy): it is read in place through its index, without a file open per image. `need_train` is false
+/// for evaluate-only runs.
 pub fn locate(data: &Path, need_train: bool) -> Result<DataPaths> {
     let err = |reason: String| TrainError::Data {
         path: data.to_owned(),
@@ -41,16 +42,16 @@ pub fn locate(data: &Path, need_train: bool) -> Result<DataPaths> {
         Err(e) => return Err(err(format!("cannot read the dataset folder: {e}"))),
     }
     let find = |split: &str| -> Option<PathBuf> {
-        let dir = data.join(split);
-        if dir.is_dir() {
-            return Some(dir);
-        }
         let tar = data.join(format!("{split}.tar"));
-        tar.is_file().then_some(tar)
+        if tar.is_file() {
+            return Some(tar);
+        }
+        let dir = data.join(split);
+        dir.is_dir().then_some(dir)
     };
     let missing = |split: &str| {
         err(format!(
-            "no {split} split: looked for {split}/ (class folders or webdataset shards) and {split}.tar"
+            "no {split} split: looked for {split}.tar and {split}/ (class folders or webdataset shards)"
         ))
     };
     let train = if need_train {
@@ -298,19 +299,24 @@ mod tests {
     }
 
     #[test]
-    fn locate_prefers_folders_and_names_what_it_looked_for() {
+    fn locate_prefers_tars_and_names_what_it_looked_for() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("train.tar"), b"").unwrap();
-        std::fs::write(d.join("val.tar"), b"").unwrap();
-        let p = locate(d, true).unwrap();
-        assert_eq!(p.train.as_deref(), Some(d.join("train.tar").as_path()));
         std::fs::create_dir(d.join("train")).unwrap();
+        std::fs::create_dir(d.join("val")).unwrap();
         let p = locate(d, true).unwrap();
         assert_eq!(p.train.as_deref(), Some(d.join("train").as_path()));
-        assert_eq!(p.val, d.join("val.tar"));
-        std::fs::remove_file(d.join("val.tar")).unwrap();
+        std::fs::write(d.join("train.tar"), b"").unwrap();
+        let p = locate(d, true).unwrap();
+        assert_eq!(p.train.as_deref(), Some(d.join("train.tar").as_path()));
+        assert_eq!(p.val, d.join("val"));
+        let p = locate(d, false).unwrap();
+        assert_eq!(p.train, None);
+        std::fs::remove_dir(d.join("val")).unwrap();
         let e = locate(d, false).unwrap_err().to_string();
-        assert!(e.contains("no val split: looked for val/"), "{e}");
+        assert!(
+            e.contains("no val split: looked for val.tar and val/"),
+            "{e}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use imgtrain::{RunSummary, TrainConfig};
 #[derive(Debug, Parser)]
 #[command(name = "imgtrain", version, about)]
 struct Args {
-    /// Dataset folder: train/ and val/ (class folders or webdataset shards), or train.tar and val.tar.
+    /// Dataset folder: train.tar and val.tar, or train/ and val/ (class folders or webdataset shards).
     #[arg(value_name = "DATA")]
     data_positional: Option<PathBuf>,
     /// The dataset folder, as an option.

@@ -619,6 +619,12 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     let checkpoint_path = cfg.output_dir.join(CHECKPOINT_FILE);
     let best_path = cfg.output_dir.join(BEST_FILE);
     let mut last_good: Option<PathBuf> = cfg.resume.clone();
+    if start_epoch >= cfg.epochs {
+        println!(
+            "=> nothing to train: the run starts at epoch {start_epoch} and --epochs is {}",
+            cfg.epochs
+        );
+    }
     for epoch in start_epoch..cfg.epochs {
         // Every random draw of the epoch (the loader's are keyed by seed and epoch already) follows
         // from (seed, epoch): a run resumed here repeats what the uninterrupted run drew.
@@ -684,6 +690,21 @@ impl Run<'_> {
         }
     }
 
+    /// Labels as an int64 tensor on the device. On CUDA they go through pinned memory, so the copy does
+    /// not wait for the work already queued (a copy from pageable memory would); libtorch's pinned-memory
+    /// allocator keeps the block until the copy is done.
+    fn labels_to_device(&self, labels: &[i64]) -> Result<Tensor> {
+        let what = || "copying labels to the device".to_owned();
+        let host = Tensor::f_from_slice(labels).during(what)?;
+        match self.device {
+            Device::Cuda(_) => host
+                .f_pin_memory(self.device)
+                .and_then(|t| t.f_to_device_(self.device, Kind::Int64, true, false))
+                .during(what),
+            _ => Ok(host),
+        }
+    }
+
     /// The next batch (number `k`) of `split` in `epoch`, on the device. `None` at the end of the epoch.
     fn next_batch(
         &self,
@@ -709,24 +730,21 @@ impl Run<'_> {
                 let (h, w) = batch.size;
                 let len = batch.len;
                 let labels: Vec<i64> = batch.labels.iter().map(|&l| i64::from(l)).collect();
+                // From here on an early return waits for the device before the batch goes back.
                 let hold = Hold {
                     cuda: self.cuda_index(),
-                    batch: None,
+                    batch: Some(batch),
                 };
-                let nhwc = batch.buffer().view_nhwc(len, h, w)?;
+                let buffer = hold.batch.as_ref().expect("just set").buffer();
+                let nhwc = buffer.view_nhwc(len, h, w)?;
                 let images = self.normalizer.to_device(&nhwc)?;
                 drop(nhwc);
-                let labels = Tensor::f_from_slice(&labels)
-                    .and_then(|t| t.f_to_device(self.device))
-                    .during(|| "copying labels to the device".into())?;
+                let labels = self.labels_to_device(&labels)?;
                 Ok(Some(DeviceBatch {
                     images,
                     labels,
                     len,
-                    hold: Hold {
-                        batch: Some(batch),
-                        ..hold
-                    },
+                    hold,
                 }))
             }
             Feed::Dummy {

@@ -249,8 +249,13 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         .arg(&good)
         .output()
         .unwrap();
-    let e = stderr(&out);
-    assert!(!out.status.success(), "{}\n{e}", stdout(&out));
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{o}\n{e}");
+    // An explicit --lr wins over the checkpoint's.
+    assert!(
+        o.contains("base lr 1000000000000000000000000000000, from --lr"),
+        "{o}"
+    );
     assert!(e.contains("loss is "), "{e}");
     assert!(e.contains("at epoch 1, step "), "{e}");
     assert!(
@@ -273,7 +278,7 @@ fn missing_data_dir() {
     let e = fails_before_training(&[dir.path().as_os_str()]);
     assert!(
         e.contains(
-            "no train split: looked for train/ (class folders or webdataset shards) and train.tar"
+            "no train split: looked for train.tar and train/ (class folders or webdataset shards)"
         ),
         "{e}"
     );
@@ -409,4 +414,31 @@ fn bad_flag_values() {
     assert!(e.contains("--pretrained: needs a weights file"), "{e}");
     let e = fails_before_training(&[d, os("--limit-train"), os("0")]);
     assert!(e.contains("--limit-train"), "{e}");
+}
+
+#[test]
+fn dummy_data_needs_no_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgtrain()
+        .args([
+            "--dummy",
+            "--limit-train",
+            "16",
+            "--limit-val",
+            "8",
+            "--epochs",
+            "1",
+        ])
+        .args(SMALL)
+        .arg("--output_dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let o = stdout(&out);
+    assert!(out.status.success(), "{o}\n{}", stderr(&out));
+    assert!(o.contains("Epoch: [0] done: 16 images in "), "{o}");
+    assert!(o.contains("(1000 classes; chance is 0.1)"), "{o}");
+    let ck = Checkpoint::read(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.meta.classes.len(), 1000);
+    assert_eq!(ck.tensor("fc.weight").unwrap().size(), [1000, 512]);
 }
