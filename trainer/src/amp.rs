@@ -5,9 +5,9 @@
 //! by `libtorch_cpu`): [`set_cuda_autocast_dtype`] sets the dtype and reads it back to check it,
 //! [`cuda_autocast`] switches autocast on around a forward pass.
 
-use tch::Kind;
+use tch::{Device, Kind, Tensor};
 
-use crate::error::{Result, TrainError};
+use crate::error::{Result, TorchContext, TrainError};
 
 /// Mixed-precision mode of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +197,24 @@ impl LossScaler {
     }
 }
 
+/// Divides the gradients by `scale` in place and returns the sum of all of them, a scalar on `device`
+/// (not read back, so nothing waits here): it is finite iff every gradient is, up to an overflow of the
+/// sum itself, which only skips a step whose gradients were near fp32's range anyway. Undefined
+/// gradients (variables the loss did not reach) are left out.
+pub fn unscale(grads: impl Iterator<Item = Tensor>, scale: f64, device: Device) -> Result<Tensor> {
+    let what = || "unscaling gradients".to_owned();
+    let inv = 1.0 / scale;
+    tch::no_grad(|| {
+        let mut total = Tensor::f_zeros([], (Kind::Float, device)).during(what)?;
+        for mut g in grads.filter(Tensor::defined) {
+            let _ = g.f_mul_scalar_(inv).during(what)?;
+            let s = g.f_sum(Kind::Float).during(what)?;
+            total = total.f_add(&s).during(what)?;
+        }
+        Ok(total)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +236,30 @@ mod tests {
         s.update(false);
         assert!(s.exhausted());
         assert_eq!(s.skipped_total, u64::from(MAX_CONSECUTIVE_SKIPS) + 1);
+    }
+
+    #[test]
+    fn unscale_divides_in_place_and_flags_non_finite_gradients() {
+        let g = Tensor::from_slice(&[2.0f32, -4.0]);
+        let h = Tensor::from_slice(&[8.0f32]);
+        let sum = unscale(
+            [g.shallow_clone(), h.shallow_clone()].into_iter(),
+            2.0,
+            Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), [1.0, -2.0]);
+        assert_eq!(sum.double_value(&[]), 3.0);
+        let bad = Tensor::from_slice(&[1.0f32, f32::INFINITY]);
+        let sum = unscale([h, bad, Tensor::new()].into_iter(), 4.0, Device::Cpu).unwrap();
+        assert!(!sum.double_value(&[]).is_finite());
+        let nan = Tensor::from_slice(&[f32::NAN]);
+        assert!(
+            unscale([nan].into_iter(), 1.0, Device::Cpu)
+                .unwrap()
+                .double_value(&[])
+                .is_nan()
+        );
     }
 
     #[test]

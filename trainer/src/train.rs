@@ -841,27 +841,8 @@ impl Run<'_> {
                 Ok((logits.detach(), loss.detach()))
             },
         )?;
-        // fp16: unscale the gradients and sum them; the sum is finite iff every gradient is (up to an
-        // overflow of the sum itself, which only skips a step that was near overflow anyway).
         let grad_sum = match &self.scaler {
-            Some(s) => {
-                let inv = 1.0 / s.scale;
-                let mut total = Tensor::f_zeros([], (Kind::Float, self.device))
-                    .during(|| "unscaling gradients".into())?;
-                tch::no_grad(|| -> Result<()> {
-                    for mut g in self.sgd.grads().filter(Tensor::defined) {
-                        let _ = g
-                            .f_mul_scalar_(inv)
-                            .during(|| "unscaling gradients".into())?;
-                        let s = g
-                            .f_sum(Kind::Float)
-                            .during(|| "unscaling gradients".into())?;
-                        total = total.f_add(&s).during(|| "unscaling gradients".into())?;
-                    }
-                    Ok(())
-                })?;
-                Some(total)
-            }
+            Some(s) => Some(amp::unscale(self.sgd.grads(), s.scale, self.device)?),
             None => None,
         };
         let host = self.read_stats(&logits, &batch.labels, &loss, grad_sum)?;
