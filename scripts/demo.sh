@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# The README's main command: build the tools, generate the built-in learnable demo dataset (class folders
-# and train.tar/val.tar), index the tars in place, run the loader over them as training and validation
-# would, and check that libtorch and the device work for imgtrain.
+# The README's main command: build, generate the built-in learnable demo dataset (10 classes, 600 training
+# and 200 validation JPEGs, as class folders and as train.tar/val.tar), index the tars in place, and train
+# resnet18 on it from the tars, through the loader, on the CPU: a few minutes on two cores, ending with a
+# validation top-1 far above chance (10%), a checkpoint in demo-run/ and a summary.
+#
+# DEMO_DIR (default demo-data) and DEMO_RUN (default demo-run) move the data and the checkpoints;
+# DEMO_EPOCHS (default 8) shortens or lengthens the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=${DEMO_DIR:-demo-data}
+data=${DEMO_DIR:-demo-data}
+run=${DEMO_RUN:-demo-run}
+epochs=${DEMO_EPOCHS:-8}
 
 . scripts/libtorch-env.sh
 echo "== building (release)"
 cargo build --release --locked -p imgtool -p imgtrain
 
-echo "== generating the demo dataset into $out/"
-target/release/imgtool synth --out "$out" --classes 10 --train-per-class 60 --val-per-class 20 --seed 0 --force
+echo "== generating the demo dataset into $data/"
+target/release/imgtool synth --out "$data" --classes 10 --train-per-class 60 --val-per-class 20 --seed 0 --force
 
 echo "== indexing the tars in place"
-target/release/imgtool index "$out/train.tar"
-target/release/imgtool index "$out/val.tar"
+target/release/imgtool index "$data/train.tar"
+target/release/imgtool index "$data/val.tar"
 
-echo "== loading: train pipeline (RandomResizedCrop 224 + flip) from train.tar"
-target/release/imgtool bench "$out/train.tar" --pipeline train --batch-size 32 --epochs 2
-echo "== loading: val pipeline (resize 256 + centre crop 224) from the val/ folders"
-target/release/imgtool bench "$out/val" --pipeline val --batch-size 32
+echo "== training resnet18 on the CPU: $epochs epochs of 600 images, 48x48 crops, cosine LR with warm-up"
+# Small crops keep a CPU epoch short; the recipe is main.py's SGD (momentum 0.9, weight decay 1e-4) with
+# a cosine schedule, one warm-up epoch and label smoothing, which suit a short run from scratch.
+target/release/imgtrain "$data" --arch resnet18 --epochs "$epochs" -b 32 -j 2 \
+    --crop-size 48 --val-resize 55 --lr 0.1 --lr-schedule cosine --warmup-epochs 1 --label-smoothing 0.1 \
+    --seed 0 --print-freq 10 --output_dir "$run"
 
-echo "== the trainer's device"
-target/release/imgtrain
+echo "== evaluating the best checkpoint again, on its own"
+target/release/imgtrain "$data" --arch resnet18 -b 32 -j 2 --crop-size 48 --val-resize 55 \
+    --evaluate --resume "$run/model_best.safetensors" --print-freq 100 | tail -n 3

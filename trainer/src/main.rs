@@ -1,24 +1,212 @@
-//! `imgtrain`: train and evaluate torchvision architectures on ImageNet-style data with libtorch.
+//! `imgtrain`: train and evaluate torchvision architectures on ImageNet-style data with libtorch, with the
+//! command line of pytorch/examples' ImageNet `main.py`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use imgtrain::amp::Amp;
+use imgtrain::schedule::LrSchedule;
+use imgtrain::{RunSummary, TrainConfig};
 
 /// Train image classifiers with libtorch, fed by the imgloader pipeline.
 ///
-/// This build checks the libtorch install and the device: it reports which device a run would use and runs
-/// a small convolution forward and backward on it.
+/// The flags are those of pytorch/examples' ImageNet main.py, with the same defaults. Without DATA or
+/// --dummy, imgtrain only checks libtorch and the device.
 #[derive(Debug, Parser)]
-#[command(name = "imgtrain", version, about, long_about = None)]
+#[command(name = "imgtrain", version, about)]
 struct Args {
-    /// GPU id to use (default: GPU 0 when CUDA is available, else the CPU).
+    /// Dataset folder: train.tar and val.tar, or train/ and val/ (class folders or webdataset shards).
+    #[arg(value_name = "DATA")]
+    data_positional: Option<PathBuf>,
+    /// The dataset folder, as an option.
+    #[arg(long = "data", value_name = "DIR", conflicts_with = "data_positional")]
+    data: Option<PathBuf>,
+    /// Model architecture (unknown names list the choices).
+    #[arg(short = 'a', long, value_name = "ARCH", default_value = "resnet18")]
+    arch: String,
+    /// Loader threads decoding and augmenting images.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
+    workers: usize,
+    /// Total epochs to run.
+    #[arg(long, value_name = "N", default_value_t = 90)]
+    epochs: u64,
+    /// Epoch to start from (default: 0, or the checkpoint's with --resume).
+    #[arg(long = "start-epoch", visible_alias = "start_epoch", value_name = "N")]
+    start_epoch: Option<u64>,
+    /// Mini-batch size: the total of the processes of a node, as in main.py.
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        visible_alias = "batch_size",
+        value_name = "N",
+        default_value_t = 256
+    )]
+    batch_size: usize,
+    /// Initial learning rate [default: 0.1, or the checkpoint's with --resume; given, it wins over the checkpoint's].
+    #[arg(long = "lr", visible_alias = "learning-rate", value_name = "LR")]
+    lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, value_name = "M", default_value_t = 0.9)]
+    momentum: f64,
+    /// Weight decay (applied to every parameter, as in main.py).
+    #[arg(
+        long = "wd",
+        visible_alias = "weight-decay",
+        visible_alias = "weight_decay",
+        value_name = "W",
+        default_value_t = 1e-4
+    )]
+    weight_decay: f64,
+    /// Print a progress line every N batches.
+    #[arg(
+        short = 'p',
+        long = "print-freq",
+        visible_alias = "print_freq",
+        value_name = "N",
+        default_value_t = 10
+    )]
+    print_freq: usize,
+    /// Resume from a checkpoint (model, momentum, epoch, best Acc@1, schedule, loss scaler, seed).
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
+    /// Evaluate the model on the validation split only.
+    #[arg(short = 'e', long)]
+    evaluate: bool,
+    /// Start from pre-trained weights: a safetensors file of a torchvision state_dict.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    pretrained: Option<Option<PathBuf>>,
+    /// Seed for weights, data order and augmentation; makes CPU runs bit-reproducible.
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// GPU to use (default: GPU 0 when CUDA is available, else the CPU).
     #[arg(long, value_name = "N")]
     gpu: Option<usize>,
+    /// Synthetic batches made on the device (no files, no decoding): measures the device alone.
+    #[arg(long)]
+    dummy: bool,
+    /// Folder for checkpoint.safetensors and model_best.safetensors.
+    #[arg(
+        long = "output_dir",
+        visible_alias = "output-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
+    output_dir: PathBuf,
+    /// Mixed precision [default: bf16 on CUDA, off on the CPU].
+    #[arg(long, value_enum, value_name = "MODE")]
+    amp: Option<AmpArg>,
+    /// Feed the model channels_last (NHWC) tensors [default: on for CUDA, off on the CPU].
+    #[arg(long = "channels-last", visible_alias = "channels_last", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    channels_last: Option<bool>,
+    /// Learning-rate schedule: step (x0.1 every 30 epochs, as main.py) or cosine (per step, to 0).
+    #[arg(
+        long = "lr-schedule",
+        visible_alias = "lr_schedule",
+        value_enum,
+        default_value = "step"
+    )]
+    lr_schedule: ScheduleArg,
+    /// Epochs of linear learning-rate warm-up (fractions allowed).
+    #[arg(
+        long = "warmup-epochs",
+        visible_alias = "warmup_epochs",
+        value_name = "E",
+        default_value_t = 0.0
+    )]
+    warmup_epochs: f64,
+    /// Label smoothing of the cross-entropy loss.
+    #[arg(
+        long = "label-smoothing",
+        visible_alias = "label_smoothing",
+        value_name = "S",
+        default_value_t = 0.0
+    )]
+    label_smoothing: f64,
+    /// Training crop size (RandomResizedCrop) and validation centre crop.
+    #[arg(
+        long = "crop-size",
+        visible_alias = "crop_size",
+        value_name = "PX",
+        default_value_t = 224
+    )]
+    crop_size: u32,
+    /// Validation: resize the shorter side to this before the centre crop.
+    #[arg(
+        long = "val-resize",
+        visible_alias = "val_resize",
+        value_name = "PX",
+        default_value_t = 256
+    )]
+    val_resize: u32,
+    /// Use only N training samples, spread evenly over the split (quick runs, tests).
+    #[arg(long = "limit-train", visible_alias = "limit_train", value_name = "N")]
+    limit_train: Option<usize>,
+    /// Use only N validation samples, spread evenly over the split.
+    #[arg(long = "limit-val", visible_alias = "limit_val", value_name = "N")]
+    limit_val: Option<usize>,
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let info = imgtrain::device::select(args.gpu)?;
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AmpArg {
+    Bf16,
+    Fp16,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Step,
+    Cosine,
+}
+
+impl Args {
+    fn into_config(self, argv: Vec<String>) -> TrainConfig {
+        TrainConfig {
+            data: self.data.or(self.data_positional),
+            arch: self.arch,
+            workers: self.workers,
+            epochs: self.epochs,
+            start_epoch: self.start_epoch,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            print_freq: self.print_freq,
+            resume: self.resume,
+            evaluate: self.evaluate,
+            // `--pretrained` alone (main.py downloads torchvision's weights) gets an empty path, which
+            // the config check turns into an explanation.
+            pretrained: self.pretrained.map(Option::unwrap_or_default),
+            seed: self.seed,
+            gpu: self.gpu,
+            dummy: self.dummy,
+            output_dir: self.output_dir,
+            amp: self.amp.map(|a| match a {
+                AmpArg::Bf16 => Amp::Bf16,
+                AmpArg::Fp16 => Amp::Fp16,
+                AmpArg::Off => Amp::Off,
+            }),
+            channels_last: self.channels_last,
+            lr_schedule: match self.lr_schedule {
+                ScheduleArg::Step => LrSchedule::default(),
+                ScheduleArg::Cosine => LrSchedule::Cosine,
+            },
+            warmup_epochs: self.warmup_epochs,
+            label_smoothing: self.label_smoothing,
+            crop_size: self.crop_size,
+            val_resize: self.val_resize,
+            limit_train: self.limit_train,
+            limit_val: self.limit_val,
+            args: argv,
+        }
+    }
+}
+
+/// No data and no --dummy: report the device and check it, as before training existed.
+fn device_check(gpu: Option<usize>) -> anyhow::Result<()> {
+    let info = imgtrain::device::select(gpu)?;
     println!(
         "imgtrain {}: libtorch {}, device {info}",
         env!("CARGO_PKG_VERSION"),
@@ -29,6 +217,45 @@ fn run(args: Args) -> anyhow::Result<()> {
         "device check passed: conv2d forward and backward on {:?}",
         info.device
     );
+    println!("no DATA given: pass a dataset folder (or --dummy) to train; see imgtrain --help");
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, evaluate: bool) {
+    let chance = 100.0 / s.classes.max(1) as f64;
+    println!("== summary");
+    if evaluate {
+        println!(
+            "{} on {:?}: val Acc@1 {:.3} Acc@5 {:.3} ({} classes; chance is {chance:.1})",
+            s.arch, s.device, s.acc1, s.acc5, s.classes
+        );
+        return;
+    }
+    let ips = s.train_images as f64 / s.train_seconds.max(1e-9);
+    println!(
+        "{} on {:?}: {} epoch(s) trained (next epoch {}), {} training images in {:.1} s ({ips:.1} images/s)",
+        s.arch, s.device, s.epochs_run, s.next_epoch, s.train_images, s.train_seconds
+    );
+    println!(
+        "val Acc@1 {:.3} Acc@5 {:.3}, best Acc@1 {:.3} ({} classes; chance is {chance:.1})",
+        s.acc1, s.acc5, s.best_acc1, s.classes
+    );
+    if let Some(p) = &s.checkpoint {
+        println!("checkpoint: {}", p.display());
+    }
+    if let Some(p) = &s.best_checkpoint {
+        println!("best:       {}", p.display());
+    }
+    println!("seed: {}", s.seed);
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.data.is_none() && args.data_positional.is_none() && !args.dummy {
+        return device_check(args.gpu);
+    }
+    let cfg = args.into_config(std::env::args().collect());
+    let summary = imgtrain::run(&cfg)?;
+    print_summary(&summary, cfg.evaluate);
     Ok(())
 }
 

@@ -1,0 +1,462 @@
+//! Checkpoints: one safetensors file holding everything a resumed run needs.
+//!
+//! | tensor | what |
+//! | --- | --- |
+//! | `<name>` (torchvision's names: `conv1.weight`, `bn1.running_mean`, …) | every model variable |
+//! | `__momentum__.<name>` | SGD momentum buffer of trainable variable `<name>` (absent before its first step) |
+//!
+//! The safetensors header's `__metadata__` holds one key, `imgtrain`, whose value is a JSON object:
+//! format version, architecture, classes, epochs done, global step, best and last top-1/top-5, base and
+//! last learning rate, seed, the fp16 loss scaler's state, the command line, and a CRC-32 of every
+//! tensor's name and bytes in name order. A reader checks all of it ([`Checkpoint::read`]) before use.
+//!
+//! Random state is not saved: every random stream of a run is a pure function of the seed and the
+//! epoch (the loader's per-sample draws; libtorch's generator is reseeded at each epoch's start), so a run
+//! resumed at an epoch boundary draws exactly what the uninterrupted run would have.
+//!
+//! Writes go to `<name>.tmp`, are fsynced, renamed over `<name>`, and the folder is fsynced: a crash leaves
+//! the previous checkpoint or the new one, never a torn file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde_json::{Value, json};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::amp::LossScaler;
+use crate::error::{Result, TorchContext, TrainError};
+use crate::optim::Sgd;
+
+/// The `format` field of our metadata.
+pub const FORMAT: &str = "imgtrain-checkpoint";
+/// The version of the layout described in the module docs.
+pub const VERSION: u64 = 1;
+/// The `__metadata__` key holding our JSON.
+const META_KEY: &str = "imgtrain";
+/// Prefix of the momentum-buffer tensors.
+pub const MOMENTUM_PREFIX: &str = "__momentum__.";
+
+/// Everything in a checkpoint besides the tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    /// Architecture, as `--arch` names it.
+    pub arch: String,
+    /// Class names, in label order.
+    pub classes: Vec<String>,
+    /// Epochs completed: the epoch a resumed run starts with.
+    pub epoch: u64,
+    /// Optimizer steps taken so far.
+    pub global_step: u64,
+    /// Best validation top-1 so far (percent).
+    pub best_acc1: f64,
+    /// Validation top-1 and top-5 after the last completed epoch (percent).
+    pub acc1: f64,
+    pub acc5: f64,
+    /// The schedule's base learning rate.
+    pub base_lr: f64,
+    /// The learning rate of the last step taken.
+    pub lr: f64,
+    /// The run's seed (given or drawn).
+    pub seed: u64,
+    /// fp16 loss-scaler state; `None` when the run did not use fp16.
+    pub scaler: Option<LossScaler>,
+    /// The command line of the run that wrote the checkpoint.
+    pub args: Vec<String>,
+}
+
+impl Meta {
+    fn to_json(&self, crc: u32) -> Value {
+        json!({
+            "format": FORMAT,
+            "version": VERSION,
+            "arch": self.arch,
+            "classes": self.classes,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_acc1": self.best_acc1,
+            "acc1": self.acc1,
+            "acc5": self.acc5,
+            "base_lr": self.base_lr,
+            "lr": self.lr,
+            "seed": self.seed,
+            "scaler": self.scaler.map(|s| json!({
+                "scale": s.scale,
+                "growth_tracker": s.growth_tracker,
+                "consecutive_skips": s.consecutive_skips,
+                "skipped_total": s.skipped_total,
+            })),
+            "args": self.args,
+            "crc32": format!("{crc:08x}"),
+        })
+    }
+
+    /// Parses our JSON; the error says which field is missing or wrong.
+    fn from_json(v: &Value) -> std::result::Result<(Meta, u32), String> {
+        let field = |k: &str| v.get(k).ok_or_else(|| format!("metadata lacks {k:?}"));
+        let str_ = |k: &str| {
+            field(k)?
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("metadata {k:?} is not a string"))
+        };
+        let u64_ = |k: &str| {
+            field(k)?
+                .as_u64()
+                .ok_or_else(|| format!("metadata {k:?} is not an unsigned integer"))
+        };
+        let f64_ = |k: &str| {
+            field(k)?
+                .as_f64()
+                .ok_or_else(|| format!("metadata {k:?} is not a number"))
+        };
+        let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
+            field(k)?
+                .as_array()
+                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
+                .ok_or_else(|| format!("metadata {k:?} is not a list of strings"))
+        };
+        let format = str_("format")?;
+        if format != FORMAT {
+            return Err(format!("metadata format is {format:?}, not {FORMAT:?}"));
+        }
+        let version = u64_("version")?;
+        if version != VERSION {
+            return Err(format!(
+                "checkpoint format version {version}; this imgtrain reads version {VERSION}"
+            ));
+        }
+        let scaler = match field("scaler")? {
+            Value::Null => None,
+            s => {
+                let get = |k: &str| {
+                    s.get(k)
+                        .ok_or_else(|| format!("metadata scaler lacks {k:?}"))
+                };
+                Some(LossScaler {
+                    scale: get("scale")?.as_f64().ok_or("bad scaler scale")?,
+                    growth_tracker: get("growth_tracker")?
+                        .as_u64()
+                        .ok_or("bad scaler growth_tracker")?,
+                    consecutive_skips: get("consecutive_skips")?
+                        .as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or("bad scaler consecutive_skips")?,
+                    skipped_total: get("skipped_total")?
+                        .as_u64()
+                        .ok_or("bad scaler skipped_total")?,
+                })
+            }
+        };
+        let crc = u32::from_str_radix(&str_("crc32")?, 16)
+            .map_err(|e| format!("metadata crc32 is not hex: {e}"))?;
+        let meta = Meta {
+            arch: str_("arch")?,
+            classes: strings("classes")?,
+            epoch: u64_("epoch")?,
+            global_step: u64_("global_step")?,
+            best_acc1: f64_("best_acc1")?,
+            acc1: f64_("acc1")?,
+            acc5: f64_("acc5")?,
+            base_lr: f64_("base_lr")?,
+            lr: f64_("lr")?,
+            seed: u64_("seed")?,
+            scaler,
+            args: strings("args")?,
+        };
+        Ok((meta, crc))
+    }
+}
+
+/// A tensor's bytes, copied to the host, for the safetensors writer.
+struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        _ => return None,
+    })
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        _ => return None,
+    })
+}
+
+fn to_host(name: &str, t: &Tensor) -> Result<HostTensor> {
+    let what = || format!("copying {name} for a checkpoint");
+    let dtype = dtype_of(t.kind()).ok_or_else(|| TrainError::Torch {
+        what: what(),
+        source: tch::TchError::Convert(format!("unsupported kind {:?}", t.kind())),
+    })?;
+    let host = t
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .during(what)?;
+    let numel = host.numel();
+    let mut bytes = vec![0u8; numel * host.kind().elt_size_in_bytes()];
+    host.f_copy_data_u8(&mut bytes, numel).during(what)?;
+    Ok(HostTensor {
+        dtype,
+        shape: host.size().iter().map(|&d| d as usize).collect(),
+        bytes,
+    })
+}
+
+/// CRC-32 of every tensor's name and bytes, in name order.
+fn checksum<'a>(tensors: impl Iterator<Item = (&'a str, &'a [u8])>) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for (name, bytes) in tensors {
+        crc.update(&(name.len() as u64).to_le_bytes());
+        crc.update(name.as_bytes());
+        crc.update(&(bytes.len() as u64).to_le_bytes());
+        crc.update(bytes);
+    }
+    crc.finalize()
+}
+
+/// Serialises the model's variables, the optimizer's momentum buffers and `meta` into checkpoint bytes.
+pub fn encode(vs: &VarStore, sgd: &Sgd, meta: &Meta) -> Result<Vec<u8>> {
+    let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
+    for (name, t) in vs.variables() {
+        let host = to_host(&name, &t)?;
+        tensors.insert(name, host);
+    }
+    for (name, buf) in sgd.momentum_buffers() {
+        if let Some(buf) = buf {
+            let key = format!("{MOMENTUM_PREFIX}{name}");
+            let host = to_host(&key, buf)?;
+            tensors.insert(key, host);
+        }
+    }
+    let crc = checksum(
+        tensors
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.bytes.as_slice())),
+    );
+    let metadata = HashMap::from([(META_KEY.to_owned(), meta.to_json(crc).to_string())]);
+    safetensors::tensor::serialize(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        &Some(metadata),
+    )
+    .map_err(|e| TrainError::Torch {
+        what: "serialising a checkpoint".into(),
+        source: tch::TchError::Convert(e.to_string()),
+    })
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: write to
+/// `<path>.tmp`, fsync, rename over `path`, fsync the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let fail = |source| TrainError::CheckpointWrite {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // Makes the rename itself durable.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
+}
+
+/// A checkpoint read from disk and checked.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its metadata.
+    pub meta: Meta,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Checkpoint {
+    /// Reads `path` and checks it: a safetensors file, with our metadata, whose checksum matches.
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: path.to_owned(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e:?})")))?;
+        let json = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(META_KEY))
+            .ok_or_else(|| {
+                bad(
+                    "a safetensors file without imgtrain metadata: not an imgtrain checkpoint \
+                     (for plain weights, such as an exported torchvision model, use --pretrained)"
+                        .into(),
+                )
+            })?;
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| bad(format!("metadata is not JSON: {e}")))?;
+        let (meta, crc) = Meta::from_json(&value).map_err(bad)?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a safetensors file ({e:?})")))?;
+        let mut views: Vec<_> = st.tensors();
+        views.sort_by(|a, b| a.0.cmp(&b.0));
+        let got = checksum(views.iter().map(|(n, v)| (n.as_str(), v.data())));
+        if got != crc {
+            return Err(bad(format!(
+                "checksum mismatch (stored {crc:08x}, computed {got:08x}): the file is corrupt"
+            )));
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, view) in views {
+            let kind = kind_of(view.dtype()).ok_or_else(|| {
+                bad(format!(
+                    "tensor {name} has unsupported dtype {:?}",
+                    view.dtype()
+                ))
+            })?;
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+            tensors.insert(name, t);
+        }
+        Ok(Checkpoint {
+            path: path.to_owned(),
+            meta,
+            tensors,
+        })
+    }
+
+    /// Fails unless the checkpoint holds architecture `arch`.
+    pub fn check_arch(&self, arch: &str) -> Result<()> {
+        if self.meta.arch != arch {
+            return Err(TrainError::CheckpointArch {
+                path: self.path.clone(),
+                found: self.meta.arch.clone(),
+                expected: arch.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A tensor by name (model variables by their torchvision names, momentum buffers under
+    /// [`MOMENTUM_PREFIX`]).
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// Tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// Copies the model variables into `vs` and the momentum buffers into `sgd` (when given), after
+    /// checking that they are exactly the model's variables with the model's shapes. Nothing is copied
+    /// when a check fails.
+    pub fn restore(&self, vs: &VarStore, sgd: Option<&mut Sgd>) -> Result<()> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: self.path.clone(),
+            reason,
+        };
+        let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
+        let mut problems = Vec::new();
+        for (name, var) in &vars {
+            match self.tensors.get(name) {
+                None => problems.push(format!("{name} is missing")),
+                Some(t) if t.size() != var.size() => problems.push(format!(
+                    "{name} has shape {:?}, the model {:?}",
+                    t.size(),
+                    var.size()
+                )),
+                Some(_) => {}
+            }
+        }
+        for (name, t) in &self.tensors {
+            match name.strip_prefix(MOMENTUM_PREFIX) {
+                Some(var) => match vars.get(var) {
+                    Some(v) if v.size() == t.size() && v.requires_grad() => {}
+                    _ => {
+                        problems.push(format!("{name} matches no trainable variable of the model"))
+                    }
+                },
+                None if !vars.contains_key(name) => {
+                    problems.push(format!("{name} is not a variable of the model"))
+                }
+                None => {}
+            }
+        }
+        if !problems.is_empty() {
+            let n = problems.len();
+            problems.truncate(8);
+            return Err(bad(format!(
+                "does not fit the {} model ({n} problem(s)): {}",
+                self.meta.arch,
+                problems.join("; ")
+            )));
+        }
+        tch::no_grad(|| -> Result<()> {
+            for (name, var) in &vars {
+                let mut var = var.shallow_clone();
+                var.f_copy_(&self.tensors[name])
+                    .during(|| format!("restoring {name} from {}", self.path.display()))?;
+            }
+            Ok(())
+        })?;
+        if let Some(sgd) = sgd {
+            for (name, t) in &self.tensors {
+                if let Some(var) = name.strip_prefix(MOMENTUM_PREFIX) {
+                    // Checked above: the variable exists, is trainable and has this shape.
+                    sgd.set_momentum_buffer(var, t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

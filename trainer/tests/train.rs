@@ -1,0 +1,444 @@
+//! `imgtrain` training and evaluation end to end on the CPU: exact resume, evaluate-only, and bad input
+//! rejected before any training starts.
+//!
+//! Tiny data keeps this fast: 4 classes, 6 training and 3 validation images per class at 48-64 px,
+//! resnet18 on 32 px crops, batches of 8.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use imgtrain::checkpoint::{Checkpoint, MOMENTUM_PREFIX};
+
+/// The shared dataset, written once per test binary.
+fn dataset() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = imgfixtures::SynthConfig {
+            classes: 4,
+            train_per_class: 6,
+            val_per_class: 3,
+            min_side: 48,
+            max_side: 64,
+            ..Default::default()
+        };
+        imgfixtures::write_dataset(&cfg, dir.path()).unwrap();
+        dir
+    })
+    .path()
+}
+
+/// Two finished training runs shared by several tests: one straight through 2 epochs, and one of 1 epoch
+/// that another test resumes.
+struct Runs {
+    _dir: tempfile::TempDir,
+    straight: PathBuf,
+    first_epoch: PathBuf,
+    straight_stdout: String,
+}
+
+fn runs() -> &'static Runs {
+    static RUNS: OnceLock<Runs> = OnceLock::new();
+    RUNS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let straight = dir.path().join("straight");
+        let first_epoch = dir.path().join("first");
+        let out = train(&straight, &["--epochs", "2"]);
+        let straight_stdout = stdout(&out);
+        let out1 = train(&first_epoch, &["--epochs", "1"]);
+        assert!(out1.status.success(), "{}", stderr(&out1));
+        Runs {
+            _dir: dir,
+            straight,
+            first_epoch,
+            straight_stdout,
+        }
+    })
+}
+
+fn imgtrain() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgtrain"));
+    // The CPU, with a fixed thread count: libtorch's CPU kernels are deterministic for a given thread
+    // count, CUDA's are not.
+    cmd.env("CUDA_VISIBLE_DEVICES", "")
+        .env("OMP_NUM_THREADS", "2");
+    cmd
+}
+
+/// The flags every small run shares.
+const SMALL: &[&str] = &[
+    "--arch",
+    "resnet18",
+    "-b",
+    "8",
+    "--crop-size",
+    "32",
+    "--val-resize",
+    "36",
+    "-j",
+    "2",
+    "--seed",
+    "7",
+    "-p",
+    "1",
+];
+
+fn train(out_dir: &Path, extra: &[&str]) -> Output {
+    let out = imgtrain()
+        .arg(dataset())
+        .args(SMALL)
+        .arg("--output_dir")
+        .arg(out_dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imgtrain {extra:?} failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs imgtrain expecting failure before training; returns stderr.
+fn fails_before_training(args: &[&std::ffi::OsStr]) -> String {
+    let out = imgtrain().args(args).output().unwrap();
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "expected failure:\n{o}\n{e}");
+    assert!(!o.contains("Epoch: ["), "training started:\n{o}");
+    assert!(e.starts_with("imgtrain: error: "), "{e}");
+    e
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
+    let names_a: Vec<&str> = a.names().collect();
+    let names_b: Vec<&str> = b.names().collect();
+    assert_eq!(names_a, names_b);
+    assert!(
+        names_a.iter().any(|n| n.starts_with(MOMENTUM_PREFIX)),
+        "no momentum buffers saved"
+    );
+    assert!(names_a.contains(&"bn1.running_mean"), "{names_a:?}");
+    for name in names_a {
+        let (x, y) = (a.tensor(name).unwrap(), b.tensor(name).unwrap());
+        assert!(x.equal(y), "{name} differs");
+    }
+    let (ma, mb) = (&a.meta, &b.meta);
+    assert_eq!(
+        (ma.epoch, ma.global_step, ma.seed, ma.lr, ma.base_lr),
+        (mb.epoch, mb.global_step, mb.seed, mb.lr, mb.base_lr)
+    );
+    assert_eq!(
+        (ma.acc1, ma.acc5, ma.best_acc1),
+        (mb.acc1, mb.acc5, mb.best_acc1)
+    );
+}
+
+#[test]
+fn resume_is_exact() {
+    let runs = runs();
+    let dir = tempfile::tempdir().unwrap();
+    let first = runs.first_epoch.join("checkpoint.safetensors");
+    let out = train(
+        dir.path(),
+        &["--epochs", "2", "--resume", first.to_str().unwrap()],
+    );
+    let o = stdout(&out);
+    assert!(o.contains("=> loaded checkpoint"), "{o}");
+    assert!(!o.contains("Epoch: [0]"), "resumed at epoch 1:\n{o}");
+    assert!(o.contains("Epoch: [1][1/3]"), "{o}");
+
+    let straight = Checkpoint::read(&runs.straight.join("checkpoint.safetensors")).unwrap();
+    let resumed = Checkpoint::read(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(straight.meta.epoch, 2);
+    assert_same_state(&straight, &resumed);
+
+    // The comparison can fail: one epoch less is another state.
+    let one = Checkpoint::read(&first).unwrap();
+    assert_eq!(one.meta.epoch, 1);
+    assert!(
+        !one.tensor("conv1.weight")
+            .unwrap()
+            .equal(straight.tensor("conv1.weight").unwrap())
+    );
+}
+
+#[test]
+fn output_reads_like_main_py() {
+    let o = &runs().straight_stdout;
+    assert!(o.contains("=> creating model 'resnet18'"), "{o}");
+    // 24 images in batches of 8; printed every batch (-p 1), counted from 1 like ProgressMeter.
+    for k in 1..=3 {
+        assert!(o.contains(&format!("Epoch: [0][{k}/3]\tTime ")), "{o}");
+    }
+    let line = o
+        .lines()
+        .find(|l| l.starts_with("Epoch: [1][3/3]"))
+        .unwrap();
+    for field in ["\tTime ", "\tData ", "\tLoss ", "\tAcc@1 ", "\tAcc@5 "] {
+        assert!(line.contains(field), "{line}");
+    }
+    assert!(o.contains("Test: [1/2]\tTime "), "{o}");
+    assert_eq!(
+        o.lines().filter(|l| l.starts_with(" * Acc@1 ")).count(),
+        2,
+        "{o}"
+    );
+    assert!(o.contains("Epoch: [0] done: 24 images in "), "{o}");
+    assert!(o.contains("images/s"), "{o}");
+    assert!(o.contains("% of the time waiting for data"), "{o}");
+    assert!(o.contains("== summary"), "{o}");
+    let best = runs().straight.join("model_best.safetensors");
+    assert!(best.is_file());
+    assert!(Checkpoint::read(&best).is_ok());
+    // No temporary file is left behind.
+    let names: Vec<_> = std::fs::read_dir(&runs().straight)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn evaluate_only_reproduces_the_checkpoint_accuracy() {
+    let ck_path = runs().straight.join("checkpoint.safetensors");
+    let ck = Checkpoint::read(&ck_path).unwrap();
+    let out = imgtrain()
+        .arg(dataset())
+        .args(SMALL)
+        .arg("-e")
+        .arg("--resume")
+        .arg(&ck_path)
+        .output()
+        .unwrap();
+    let o = stdout(&out);
+    assert!(out.status.success(), "{o}\n{}", stderr(&out));
+    assert!(!o.contains("Epoch: ["), "evaluate must not train:\n{o}");
+    let expected = format!(" * Acc@1 {:.3} Acc@5 {:.3}", ck.meta.acc1, ck.meta.acc5);
+    assert!(o.contains(&expected), "expected {expected:?} in\n{o}");
+    // Evaluation writes nothing.
+    let after = Checkpoint::read(&ck_path).unwrap();
+    assert_eq!(after.meta, ck.meta);
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let good = runs().first_epoch.join("checkpoint.safetensors");
+    let before = std::fs::read(&good).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgtrain()
+        .arg(dataset())
+        .args(SMALL)
+        .args(["--epochs", "3", "--lr", "1e30", "--output_dir"])
+        .arg(dir.path())
+        .arg("--resume")
+        .arg(&good)
+        .output()
+        .unwrap();
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{o}\n{e}");
+    // An explicit --lr wins over the checkpoint's.
+    assert!(
+        o.contains("base lr 1000000000000000000000000000000, from --lr"),
+        "{o}"
+    );
+    assert!(e.contains("loss is "), "{e}");
+    assert!(e.contains("at epoch 1, step "), "{e}");
+    assert!(
+        e.contains(&format!("The last good checkpoint is {}", good.display())),
+        "{e}"
+    );
+    assert!(!dir.path().join("checkpoint.safetensors").exists());
+    assert_eq!(std::fs::read(&good).unwrap(), before);
+}
+
+#[test]
+fn missing_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere");
+    let e = fails_before_training(&[missing.as_os_str()]);
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    assert!(e.contains("cannot read the dataset folder"), "{e}");
+
+    // A folder without splits says what it looked for.
+    let e = fails_before_training(&[dir.path().as_os_str()]);
+    assert!(
+        e.contains(
+            "no train split: looked for train.tar and train/ (class folders or webdataset shards)"
+        ),
+        "{e}"
+    );
+    std::fs::create_dir(dir.path().join("train")).unwrap();
+    let e = fails_before_training(&[
+        dir.path().as_os_str(),
+        os("--output_dir"),
+        dir.path().as_os_str(),
+    ]);
+    assert!(e.contains("no val split"), "{e}");
+}
+
+#[test]
+fn empty_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(dir.path().join(split).join("n00000000")).unwrap();
+    }
+    let e = fails_before_training(&[dir.path().as_os_str()]);
+    assert!(e.contains("train data"), "{e}");
+    assert!(e.contains("n00000000"), "{e}");
+}
+
+#[test]
+fn wrong_checkpoint_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a checkpoint at all").unwrap();
+    let run = |ck: &Path| {
+        fails_before_training(&[
+            dataset().as_os_str(),
+            os("--resume"),
+            ck.as_os_str(),
+            os("--output_dir"),
+            dir.path().as_os_str(),
+        ])
+    };
+    let e = run(&garbage);
+    assert!(
+        e.contains(&format!("checkpoint {}", garbage.display())),
+        "{e}"
+    );
+    assert!(e.contains("not a safetensors file"), "{e}");
+
+    // Plain weights (safetensors without our metadata) point to --pretrained.
+    let weights = dir.path().join("weights.safetensors");
+    tch::Tensor::write_safetensors(
+        &[("fc.bias", tch::Tensor::zeros([4], tch::kind::FLOAT_CPU))],
+        &weights,
+    )
+    .unwrap();
+    let e = run(&weights);
+    assert!(e.contains("not an imgtrain checkpoint"), "{e}");
+    assert!(e.contains("--pretrained"), "{e}");
+
+    // A flipped byte in the tensor data fails the checksum.
+    let mut bytes = std::fs::read(runs().first_epoch.join("checkpoint.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x40;
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let e = run(&corrupt);
+    assert!(e.contains("checksum mismatch"), "{e}");
+
+    // Truncated: the safetensors header promises more bytes than there are.
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..n / 2]).unwrap();
+    let e = run(&truncated);
+    assert!(e.contains("not a safetensors file"), "{e}");
+
+    let e = run(&dir.path().join("absent.safetensors"));
+    assert!(e.contains("cannot read"), "{e}");
+}
+
+#[test]
+fn checkpoint_of_another_arch() {
+    let ck = runs().first_epoch.join("checkpoint.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let e = fails_before_training(&[
+        dataset().as_os_str(),
+        os("--arch"),
+        os("resnet50"),
+        os("--resume"),
+        ck.as_os_str(),
+        os("--output_dir"),
+        dir.path().as_os_str(),
+    ]);
+    assert!(
+        e.contains("holds a resnet18 model but --arch is resnet50"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unwritable_output_dir() {
+    // Under a regular file nothing can be created, whoever runs the test (root ignores permissions).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out_dir = file.join("out");
+    let e = fails_before_training(&[
+        dataset().as_os_str(),
+        os("--output_dir"),
+        out_dir.as_os_str(),
+    ]);
+    assert!(
+        e.contains(&format!("output dir {}", out_dir.display())),
+        "{e}"
+    );
+    assert!(e.contains("not writable"), "{e}");
+}
+
+#[test]
+fn unknown_arch_lists_the_choices() {
+    let e = fails_before_training(&[dataset().as_os_str(), os("-a"), os("resnet-18")]);
+    assert!(e.contains("unknown architecture \"resnet-18\""), "{e}");
+    for arch in imgtrain::models::ARCHS {
+        assert!(e.contains(arch), "{e}");
+    }
+}
+
+#[test]
+fn bad_flag_values() {
+    let d = dataset().as_os_str();
+    let e = fails_before_training(&[d, os("--crop-size"), os("64"), os("--val-resize"), os("32")]);
+    assert!(
+        e.contains("--val-resize: 32 is smaller than --crop-size 64"),
+        "{e}"
+    );
+    let e = fails_before_training(&[d, os("--amp"), os("bf16")]);
+    assert!(e.contains("needs a CUDA device"), "{e}");
+    let e = fails_before_training(&[d, os("--pretrained")]);
+    assert!(e.contains("--pretrained: needs a weights file"), "{e}");
+    let e = fails_before_training(&[d, os("--limit-train"), os("0")]);
+    assert!(e.contains("--limit-train"), "{e}");
+}
+
+#[test]
+fn dummy_data_needs_no_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgtrain()
+        .args([
+            "--dummy",
+            "--limit-train",
+            "16",
+            "--limit-val",
+            "8",
+            "--epochs",
+            "1",
+        ])
+        .args(SMALL)
+        .arg("--output_dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let o = stdout(&out);
+    assert!(out.status.success(), "{o}\n{}", stderr(&out));
+    assert!(o.contains("Epoch: [0] done: 16 images in "), "{o}");
+    assert!(o.contains("(1000 classes; chance is 0.1)"), "{o}");
+    let ck = Checkpoint::read(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.meta.classes.len(), 1000);
+    assert_eq!(ck.tensor("fc.weight").unwrap().size(), [1000, 512]);
+}
