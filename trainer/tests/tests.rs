@@ -1,0 +1,5 @@
+//! The trainer's integration tests, in one binary (one link instead of one per file).
+
+mod cli;
+mod models;
+mod support;
