@@ -118,7 +118,11 @@ def main(argv=None):
     import torch
 
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, weights=args.weights, num_classes=args.num_classes)
+    try:
+        model = build_model(args.arch, weights=args.weights, num_classes=args.num_classes)
+    except (OSError, ValueError, KeyError) as e:  # no network, unknown weights name, num_classes clash
+        what = f"weights {args.weights} of {args.arch}" if args.weights else args.arch
+        raise SystemExit(f"error: cannot build {what}: {type(e).__name__}: {e}") from None
     if args.random_bn:
         randomise_batch_norms(model, args.image_size, torch.Generator().manual_seed(args.seed + 1))
     model.eval()

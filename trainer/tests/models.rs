@@ -587,8 +587,9 @@ fn export_script_writes_loadable_weights() {
 #[test]
 fn export_script_rejects_bad_arguments() {
     let Some(python) = ref_python() else { return };
-    let out: PathBuf = std::env::temp_dir().join("never-written.safetensors");
-    let out = out.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out_path: PathBuf = dir.path().join("never-written.safetensors");
+    let out = out_path.to_str().unwrap();
     for (args, expect) in [
         (
             vec!["resnet18", out],
@@ -602,10 +603,20 @@ fn export_script_rejects_bad_arguments() {
             vec!["resnet18", out, "--weights", "DEFAULT", "--random-bn"],
             "--random-bn needs --random",
         ),
+        // These two import torch first.
+        (
+            vec!["resnet18", out, "--weights", "NO_SUCH_WEIGHTS"],
+            "cannot build weights NO_SUCH_WEIGHTS of resnet18: KeyError",
+        ),
+        (
+            vec!["resnet51", out, "--random"],
+            "torchvision has no classification model 'resnet51'; known: alexnet",
+        ),
     ] {
         let res = export(&python, &args);
         assert!(!res.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&res.stderr);
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!out_path.exists(), "{args:?} wrote a file");
     }
 }

@@ -228,3 +228,31 @@ impl ModuleT for EfficientNet {
             .apply(&self.classifier)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn stochastic_depth_drops_whole_samples_and_rescales_the_rest() {
+        tch::manual_seed(0);
+        let xs = Tensor::ones([4000, 3, 2, 2], tch::kind::FLOAT_CPU);
+        let ys = stochastic_depth(xs.shallow_clone(), 0.25, true);
+        // Each sample is all 0 or all 1/0.75: one draw per sample ("row" mode), never per element.
+        let per_sample = ys.view([4000, 12]);
+        let (lo, hi) = (per_sample.amin(1, false), per_sample.amax(1, false));
+        assert_eq!((&lo - &hi).abs().max().double_value(&[]), 0.0);
+        let kept = lo.gt(0.0).to_kind(Kind::Float);
+        let kept_fraction = kept.mean(Kind::Float).double_value(&[]);
+        assert!((kept_fraction - 0.75).abs() < 0.03, "kept {kept_fraction}");
+        let scaled = (&lo - 1.0 / 0.75).abs().to_kind(Kind::Float) * &kept;
+        assert!(
+            scaled.max().double_value(&[]) < 1e-6,
+            "kept samples are scaled by 1/(1-p)"
+        );
+        // The identity in evaluation and when p is 0.
+        assert!(stochastic_depth(xs.shallow_clone(), 0.25, false).equal(&xs));
+        assert!(stochastic_depth(xs.shallow_clone(), 0.0, true).equal(&xs));
+    }
+}
