@@ -6,20 +6,8 @@ use imgtrain::optim::Sgd;
 use tch::nn::{Init, VarStore};
 use tch::{Device, Kind, Tensor};
 
-/// The reference interpreter, or `None` (with a note) when it is not configured outside CI.
-fn ref_python() -> Option<String> {
-    match std::env::var("IMG_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ if std::env::var_os("CI").is_some() => panic!("IMG_PYTHON must be set under CI"),
-        _ => {
-            eprintln!("skipped: IMG_PYTHON not set");
-            None
-        }
-    }
-}
-
 fn reference(lr: f64, momentum: f64, wd: f64, steps: usize) -> serde_json::Value {
-    let py = ref_python().expect("checked by the caller");
+    let py = crate::support::ref_python().expect("checked by the caller");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ref/sgd_ref.py");
     let out = Command::new(py)
         .arg(script)
@@ -63,7 +51,7 @@ fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
 }
 
 fn check(lr: f64, momentum: f64, wd: f64) {
-    if ref_python().is_none() {
+    if crate::support::ref_python().is_none() {
         return;
     }
     let steps = 4;

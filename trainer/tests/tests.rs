@@ -1,0 +1,7 @@
+//! The trainer's integration tests, in one binary (one link instead of one per file).
+
+mod cli;
+mod models;
+mod support;
+mod train;
+mod train_optim;
