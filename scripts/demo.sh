@@ -5,12 +5,12 @@
 # validation top-1 far above chance (10%), a checkpoint in demo-run/ and a summary.
 #
 # DEMO_DIR (default demo-data) and DEMO_RUN (default demo-run) move the data and the checkpoints;
-# DEMO_EPOCHS (default 8) shortens or lengthens the run.
+# DEMO_EPOCHS (default 16) shortens or lengthens the run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 data=${DEMO_DIR:-demo-data}
 run=${DEMO_RUN:-demo-run}
-epochs=${DEMO_EPOCHS:-8}
+epochs=${DEMO_EPOCHS:-16}
 
 . scripts/libtorch-env.sh
 echo "== building (release)"
