@@ -807,28 +807,38 @@ impl Run<'_> {
         Vec::<f64>::try_from(&host).during(what)
     }
 
+    /// The model's logits on `batch` (under autocast when AMP is on) and the mean cross-entropy loss in
+    /// f32, with the run's label smoothing: the same for training and evaluation.
+    fn forward_loss(&self, batch: &DeviceBatch, train: bool) -> Result<(Tensor, Tensor)> {
+        let autocast = self.amp != Amp::Off;
+        let logits = amp::cuda_autocast(autocast, || self.model.forward_t(&batch.images, train));
+        let loss = logits
+            .f_to_kind(Kind::Float)
+            .and_then(|l| {
+                l.f_cross_entropy_loss(
+                    &batch.labels,
+                    None::<Tensor>,
+                    Reduction::Mean,
+                    -100,
+                    self.cfg.label_smoothing,
+                )
+            })
+            .during(|| {
+                format!(
+                    "computing the {} loss",
+                    if train { "training" } else { "val" }
+                )
+            })?;
+        Ok((logits, loss))
+    }
+
     /// One training step (none when fp16 loss scaling skips it); returns its loss and hit counts.
     fn step(&mut self, batch: DeviceBatch, lr: f64, epoch: u64, k: usize) -> Result<StepStats> {
-        let autocast = self.amp != Amp::Off;
-        let smoothing = self.cfg.label_smoothing;
         self.sgd.zero_grad();
         let (logits, loss) = catch_torch(
             || format!("in the forward/backward pass of epoch {epoch}, step {k}"),
             || {
-                let logits =
-                    amp::cuda_autocast(autocast, || self.model.forward_t(&batch.images, true));
-                let loss = logits
-                    .f_to_kind(Kind::Float)
-                    .and_then(|l| {
-                        l.f_cross_entropy_loss(
-                            &batch.labels,
-                            None::<Tensor>,
-                            Reduction::Mean,
-                            -100,
-                            smoothing,
-                        )
-                    })
-                    .during(|| "computing the loss".into())?;
+                let (logits, loss) = self.forward_loss(&batch, true)?;
                 let scaled = match &self.scaler {
                     Some(s) => loss
                         .f_mul_scalar(s.scale)
@@ -977,7 +987,6 @@ impl Run<'_> {
             Feed::Loader(l) => Some(l.epoch(epoch)),
             Feed::Dummy { .. } => None,
         };
-        let autocast = self.amp != Amp::Off;
         let mut end = Instant::now();
         let _no_grad = tch::no_grad_guard();
         for k in 0..steps {
@@ -987,23 +996,7 @@ impl Run<'_> {
             let n = batch.len as f64;
             let (logits, loss) = catch_torch(
                 || format!("evaluating batch {k}"),
-                || {
-                    let logits =
-                        amp::cuda_autocast(autocast, || self.model.forward_t(&batch.images, false));
-                    let loss = logits
-                        .f_to_kind(Kind::Float)
-                        .and_then(|l| {
-                            l.f_cross_entropy_loss(
-                                &batch.labels,
-                                None::<Tensor>,
-                                Reduction::Mean,
-                                -100,
-                                self.cfg.label_smoothing,
-                            )
-                        })
-                        .during(|| "computing the val loss".into())?;
-                    Ok((logits, loss))
-                },
+                || self.forward_loss(&batch, false),
             )?;
             let host = self.read_stats(&logits, &batch.labels, &loss, None)?;
             batch.hold.release_after_sync();
