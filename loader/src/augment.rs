@@ -31,6 +31,7 @@ use fast_image_resize as fir;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::decode::{Image, Region};
 use crate::error::{Error, Result};
 
 /// ImageNet channel means (RGB, on the 0–1 scale), as torchvision's reference scripts use them.
@@ -38,38 +39,43 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet channel standard deviations (RGB, on the 0–1 scale).
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// A borrowed, decoded RGB image: `height` rows of `width` pixels, 3 bytes each, no row padding.
-#[derive(Debug, Clone, Copy)]
-pub struct ImageView<'a> {
-    pub width: u32,
-    pub height: u32,
-    pub pixels: &'a [u8],
+/// A borrowed, decoded RGB image: `height` rows of `width` pixels, 3 bytes each, no row padding. The same
+/// type the [`Decoder`](crate::Decoder) hands out.
+pub type ImageView<'a> = Image<'a>;
+
+fn check_image(img: &ImageView<'_>) -> Result<()> {
+    if img.width == 0 || img.height == 0 {
+        return Err(Error::Shape {
+            what: "source image",
+            reason: format!(
+                "is {}x{} pixels; it must not be empty",
+                img.width, img.height
+            ),
+        });
+    }
+    let want = img.width as usize * img.height as usize * 3;
+    if img.pixels.len() != want {
+        return Err(Error::Shape {
+            what: "source image",
+            reason: format!(
+                "has {} bytes, but {}x{} RGB needs {want}",
+                img.pixels.len(),
+                img.width,
+                img.height
+            ),
+        });
+    }
+    Ok(())
 }
 
-impl ImageView<'_> {
-    fn check(&self) -> Result<()> {
-        if self.width == 0 || self.height == 0 {
-            return Err(Error::Shape {
-                what: "source image",
-                reason: format!(
-                    "is {}x{} pixels; it must not be empty",
-                    self.width, self.height
-                ),
-            });
-        }
-        let want = self.width as usize * self.height as usize * 3;
-        if self.pixels.len() != want {
-            return Err(Error::Shape {
-                what: "source image",
-                reason: format!(
-                    "has {} bytes, but {}x{} RGB needs {want}",
-                    self.pixels.len(),
-                    self.width,
-                    self.height
-                ),
-            });
-        }
-        Ok(())
+/// The whole of a decoded image as a [`Region`].
+fn whole_region(img: ImageView<'_>) -> Region<'_> {
+    Region {
+        image: img,
+        left: 0,
+        top: 0,
+        full_width: img.width,
+        full_height: img.height,
     }
 }
 
@@ -466,26 +472,119 @@ impl Augmenter {
         draws: &mut (impl DrawSource + ?Sized),
         out: &mut [u8],
     ) -> Result<TrainParams> {
-        img.check()?;
+        check_image(&img)?;
         check_slot(out, self.train.size)?;
-        let crop = self.train.crop_params(img.width, img.height, draws);
+        let params = self.train_params(img.width, img.height, draws);
+        self.train_region(whole_region(img), params, out)?;
+        Ok(params)
+    }
+
+    /// The crop and flip [`Self::train`] draws for a `width` x `height` image, without touching pixels: decide
+    /// first, then decode only the crop ([`Decoder::decode_region`](crate::Decoder::decode_region)) and finish
+    /// with [`Self::train_region`].
+    pub fn train_params(
+        &self,
+        width: u32,
+        height: u32,
+        draws: &mut (impl DrawSource + ?Sized),
+    ) -> TrainParams {
+        let crop = self.train.crop_params(width, height, draws);
         let flipped = draws.uniform(0.0, 1.0) < self.train.flip_p;
-        self.resized_crop(img, crop, self.train.size, flipped, out)?;
-        Ok(TrainParams { crop, flipped })
+        TrainParams { crop, flipped }
+    }
+
+    /// The second half of [`Self::train`]: crops `params.crop` (in full-image pixels) out of `region`, which must
+    /// cover it, resizes and flips it into `out`. The same pixels as [`Self::train`] on the whole image.
+    pub fn train_region(
+        &mut self,
+        region: Region<'_>,
+        params: TrainParams,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let crop = params.crop;
+        let inside = crop.left >= region.left
+            && crop.top >= region.top
+            && crop.left + crop.width <= region.left + region.image.width
+            && crop.top + crop.height <= region.top + region.image.height;
+        if !inside {
+            return Err(Error::Shape {
+                what: "crop box",
+                reason: format!(
+                    "{crop:?} is not inside the decoded region {}x{} at ({}, {})",
+                    region.image.width, region.image.height, region.left, region.top
+                ),
+            });
+        }
+        let local = CropBox {
+            left: crop.left - region.left,
+            top: crop.top - region.top,
+            ..crop
+        };
+        self.resized_crop(region.image, local, self.train.size, params.flipped, out)
     }
 
     /// Resize(shorter side) + CenterCrop of `img` into `out` (u8 HWC RGB, [`Self::val_output_len`] bytes).
     /// Returns the source region used ([`ValAugment::source_box`]).
     pub fn val(&mut self, img: ImageView<'_>, out: &mut [u8]) -> Result<SourceBox> {
-        img.check()?;
+        self.val_region(whole_region(img), out)
+    }
+
+    /// The pixels of a `width` x `height` image that [`Self::val`] reads: the source box plus the reach of the
+    /// resize filter, so that decoding just this box ([`Decoder::decode_region`](crate::Decoder::decode_region))
+    /// and calling [`Self::val_region`] gives what a whole decode does.
+    pub fn val_input_box(&self, width: u32, height: u32) -> CropBox {
+        let b = self.val.source_box(width, height);
+        let side = f64::from(self.val.crop);
+        // The antialiased bilinear kernel reaches `scale` source pixels either side of a sample centre (one
+        // when enlarging); a pixel more absorbs rounding in the window bounds.
+        let reach_x = (b.width / side).max(1.0).ceil() + 1.0;
+        let reach_y = (b.height / side).max(1.0).ceil() + 1.0;
+        let span = |lo: f64, len: f64, reach: f64, full: u32| {
+            let start = (lo - reach).floor().max(0.0) as u32;
+            let end = ((lo + len + reach).ceil() as u32).min(full);
+            (start, end - start)
+        };
+        let (left, w) = span(b.left, b.width, reach_x, width);
+        let (top, h) = span(b.top, b.height, reach_y, height);
+        CropBox {
+            top,
+            left,
+            height: h,
+            width: w,
+        }
+    }
+
+    /// [`Self::val`] on part of a decoded image, which must cover [`Self::val_input_box`] (a whole image does).
+    pub fn val_region(&mut self, region: Region<'_>, out: &mut [u8]) -> Result<SourceBox> {
+        let img = region.image;
+        check_image(&img)?;
         let side = self.val.crop;
         check_slot(out, (side, side))?;
-        let b = self.val.source_box(img.width, img.height);
+        let need = self.val_input_box(region.full_width, region.full_height);
+        let covered = need.left >= region.left
+            && need.top >= region.top
+            && need.left + need.width <= region.left + img.width
+            && need.top + need.height <= region.top + img.height;
+        if !covered {
+            return Err(Error::Shape {
+                what: "decoded region",
+                reason: format!(
+                    "{}x{} at ({}, {}) does not cover the validation input {need:?}",
+                    img.width, img.height, region.left, region.top
+                ),
+            });
+        }
+        let b = self.val.source_box(region.full_width, region.full_height);
         let src = src_image(img)?;
         let mut dst = dst_image(out, (side, side))?;
         // A fractional crop box here samples pixels just outside the box where the filter reaches them,
         // exactly as the full-image resize followed by a crop does.
-        let options = self.options.crop(b.left, b.top, b.width, b.height);
+        let options = self.options.crop(
+            b.left - f64::from(region.left),
+            b.top - f64::from(region.top),
+            b.width,
+            b.height,
+        );
         self.resizer
             .resize(&src, &mut dst, &options)
             .map_err(resize_err)?;
@@ -504,7 +603,7 @@ impl Augmenter {
         flip: bool,
         out: &mut [u8],
     ) -> Result<()> {
-        img.check()?;
+        check_image(&img)?;
         check_slot(out, size)?;
         if crop.width == 0 || crop.height == 0 {
             return Err(Error::Shape {

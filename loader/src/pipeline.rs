@@ -15,9 +15,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 
-use crate::augment::{
-    Augmenter, ImageView, TrainAugment, ValAugment, normalize_to_nchw_f32, sample_rng,
-};
+use crate::augment::{Augmenter, TrainAugment, ValAugment, normalize_to_nchw_f32, sample_rng};
 use crate::decode::{DecodeOptions, Decoder};
 use crate::sampler::{DistributedSampler, PartitionSampler};
 use crate::source::Source;
@@ -273,6 +271,12 @@ impl<A: Allocator> LoaderBuilder<A> {
         match &config.transform {
             Transform::Train(t) => t.validate()?,
             Transform::Val(v) => v.validate()?,
+        }
+        if !config.decode.jpeg.is_available() {
+            return bad(
+                "JPEG decoder",
+                "libjpeg-turbo is not in this build (enable imgloader's `turbojpeg` feature)",
+            );
         }
         if self.source.is_empty() {
             return bad("dataset", "the source has no samples");
@@ -807,15 +811,6 @@ fn process(
         hwc,
     } = worker;
     let encoded = shared.source.bytes(index, bytes)?;
-    let image = decoder.decode(encoded).map_err(|source| Error::Decode {
-        sample: shared.source.name(index),
-        source,
-    })?;
-    let view = ImageView {
-        width: image.width,
-        height: image.height,
-        pixels: image.pixels,
-    };
     let (h, w) = c.transform.output_size();
     let target: &mut [u8] = match c.output {
         Output::U8Nhwc => out,
@@ -824,13 +819,33 @@ fn process(
             hwc
         }
     };
+    // Decide what the sample needs from the header alone, then decode only that (libjpeg-turbo) or the
+    // whole image (zune, PNG).
+    let decode_err = |source| Error::Decode {
+        sample: shared.source.name(index),
+        source,
+    };
     match &c.transform {
         Transform::Train(_) => {
             let mut rng = sample_rng(c.seed, epoch, slot_index as u64);
-            augmenter.train(view, &mut rng, target)?;
+            let mut params = None;
+            let region = decoder
+                .decode_region(encoded, |width, height| {
+                    let p = augmenter.train_params(width, height, &mut rng);
+                    params = Some(p);
+                    p.crop
+                })
+                .map_err(decode_err)?;
+            let params = params.expect("decode_region calls pick for every decoded image");
+            augmenter.train_region(region, params, target)?;
         }
         Transform::Val(_) => {
-            augmenter.val(view, target)?;
+            let region = decoder
+                .decode_region(encoded, |width, height| {
+                    augmenter.val_input_box(width, height)
+                })
+                .map_err(decode_err)?;
+            augmenter.val_region(region, target)?;
         }
     }
     if let Output::F32Nchw { mean, std } = c.output {

@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use imgloader::augment::CropBox;
 use imgloader::decode::{
-    ColorSpace, DecodeError, DecodeOptions, Decoder, ImageFormat, ImageInfo, probe,
+    ColorSpace, DecodeError, DecodeOptions, Decoder, ImageFormat, ImageInfo, JpegBackend, probe,
 };
+
+use crate::support::{backends, decoder};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -656,8 +659,6 @@ fn corpus_matches_pil() {
     let png_named_jpeg = png_corpus().into_iter().next().unwrap().bytes;
     cases.push(case("png_named.JPEG", png_named_jpeg, 0));
 
-    let mut decoder = Decoder::new(DecodeOptions::default());
-    let mut ours = Vec::new();
     let mut paths = Vec::new();
     for c in &cases {
         let name = if c.name.contains('.') {
@@ -669,42 +670,60 @@ fn corpus_matches_pil() {
         };
         let path = dir.path().join(name);
         std::fs::write(&path, &c.bytes).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        let img = decoder
-            .decode(&bytes)
-            .unwrap_or_else(|e| panic!("{}: {e}", c.name));
-        assert_eq!(
-            img.pixels.len(),
-            img.width as usize * img.height as usize * 3
-        );
-        let info = probe(&bytes).unwrap();
-        assert_eq!(
-            (info.width, info.height),
-            (img.width, img.height),
-            "{}",
-            c.name
-        );
-        ours.push((img.width, img.height, img.pixels.to_vec()));
         paths.push(path);
+    }
+    // Each backend's result for each case.
+    let mut ours = Vec::new();
+    for backend in backends() {
+        let mut decoder = decoder(backend);
+        let mut results = Vec::new();
+        for (c, path) in cases.iter().zip(&paths) {
+            let bytes = std::fs::read(path).unwrap();
+            let img = decoder
+                .decode(&bytes)
+                .unwrap_or_else(|e| panic!("{backend}: {}: {e}", c.name));
+            assert_eq!(
+                img.pixels.len(),
+                img.width as usize * img.height as usize * 3
+            );
+            let info = probe(&bytes).unwrap();
+            assert_eq!(
+                (info.width, info.height),
+                (img.width, img.height),
+                "{}",
+                c.name
+            );
+            results.push((img.width, img.height, img.pixels.to_vec()));
+        }
+        ours.push((backend, results));
     }
     let Some(python) = crate::support::ref_python() else {
         return;
     };
     let reference = pil_decode(&python, &paths);
     let mut failures = Vec::new();
-    for ((c, (w, h, px)), r) in cases.iter().zip(&ours).zip(reference) {
-        let (rw, rh, rpx) = r.unwrap_or_else(|e| panic!("{}: PIL failed: {e}", c.name));
-        assert_eq!((*w, *h), (rw, rh), "{}: size", c.name);
-        let (mean, max) = diff_stats(px, &rpx);
-        eprintln!(
-            "{:<32} {w:>4}x{h:<4} mean |diff| {mean:.4}  max {max}",
-            c.name
-        );
-        if mean >= 1.0 || max > c.max_diff || (c.max_diff == 0 && max != 0) {
-            failures.push(format!(
-                "{}: mean {mean:.3}, max {max} (allowed {})",
-                c.name, c.max_diff
-            ));
+    for (backend, results) in &ours {
+        for ((c, (w, h, px)), r) in cases.iter().zip(results).zip(&reference) {
+            let (rw, rh, rpx) = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{}: PIL failed: {e}", c.name));
+            assert_eq!((*w, *h), (*rw, *rh), "{}: size", c.name);
+            let (mean, max) = diff_stats(px, rpx);
+            eprintln!(
+                "{backend:<13} {:<32} {w:>4}x{h:<4} mean |diff| {mean:.4}  max {max}",
+                c.name
+            );
+            // libjpeg-turbo is PIL's own decoder: nothing short of identical will do.
+            let allowed = match backend {
+                JpegBackend::Turbo => 0,
+                _ => c.max_diff,
+            };
+            if mean >= 1.0 || max > allowed || (allowed == 0 && max != 0) {
+                failures.push(format!(
+                    "{backend}: {}: mean {mean:.3}, max {max} (allowed {allowed})",
+                    c.name
+                ));
+            }
         }
     }
     assert!(
@@ -712,6 +731,169 @@ fn corpus_matches_pil() {
         "differences from PIL:\n{}",
         failures.join("\n")
     );
+}
+
+/// Region decode gives, inside the box asked for, exactly the pixels of a whole decode, for every
+/// subsampling, colour layout and coding the corpus has, and for boxes at every edge.
+#[test]
+fn regions_match_whole_decodes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    // The corpus plus the widest chroma subsamplings, whose upsampling reaches furthest.
+    let mut cases = jpeg_corpus();
+    let odd = photo(333, 257, 5, 6);
+    for (name, sampling) in [
+        ("411", SamplingFactor::F_4_1),
+        ("4x2", SamplingFactor::F_4_2),
+        ("2x4", SamplingFactor::F_2_4),
+    ] {
+        let jpeg = Jpeg {
+            sampling,
+            ..Jpeg::default()
+        };
+        cases.push(case(name, jpeg.encode(&odd, 333, 257, ColorType::Rgb), 0));
+    }
+    cases.extend(png_corpus().into_iter().take(3));
+    for backend in backends() {
+        let mut whole = decoder(backend);
+        let mut part = decoder(backend);
+        for c in &cases {
+            let full = whole.decode(&c.bytes).unwrap();
+            let (w, h) = (full.width, full.height);
+            let mut boxes = vec![
+                CropBox {
+                    top: 0,
+                    left: 0,
+                    height: h,
+                    width: w,
+                },
+                CropBox {
+                    top: 0,
+                    left: 0,
+                    height: 1,
+                    width: 1,
+                },
+                CropBox {
+                    top: h - 1,
+                    left: w - 1,
+                    height: 1,
+                    width: 1,
+                },
+                CropBox {
+                    top: h / 3,
+                    left: w / 3,
+                    height: h / 3,
+                    width: w / 3,
+                },
+                CropBox {
+                    top: 7,
+                    left: 17,
+                    height: h.saturating_sub(7).max(1),
+                    width: w.saturating_sub(17).max(1),
+                },
+                // Larger than the image: clamped.
+                CropBox {
+                    top: 5,
+                    left: 9,
+                    height: 2 * h,
+                    width: 2 * w,
+                },
+            ];
+            for _ in 0..12 {
+                let (bw, bh) = (rng.random_range(1..=w), rng.random_range(1..=h));
+                boxes.push(CropBox {
+                    top: rng.random_range(0..=h - bh),
+                    left: rng.random_range(0..=w - bw),
+                    height: bh,
+                    width: bw,
+                });
+            }
+            for want in boxes {
+                let mut seen = None;
+                let r = part
+                    .decode_region(&c.bytes, |fw, fh| {
+                        seen = Some((fw, fh));
+                        want
+                    })
+                    .unwrap_or_else(|e| panic!("{backend} {}: {want:?}: {e}", c.name));
+                assert_eq!(seen, Some((w, h)));
+                assert_eq!((r.full_width, r.full_height), (w, h));
+                // What the decoder makes of boxes reaching past the image.
+                let want = CropBox {
+                    top: want.top.min(h - 1),
+                    left: want.left.min(w - 1),
+                    ..want
+                };
+                let bottom = (want.top + want.height).min(h);
+                let right = (want.left + want.width).min(w);
+                assert!(
+                    r.left <= want.left
+                        && r.top <= want.top
+                        && r.left + r.image.width >= right
+                        && r.top + r.image.height >= bottom,
+                    "{backend} {}: {want:?} not covered by {}x{} at ({}, {})",
+                    c.name,
+                    r.image.width,
+                    r.image.height,
+                    r.left,
+                    r.top
+                );
+                let stride = r.image.width as usize * 3;
+                for y in want.top..bottom {
+                    let ours = &r.image.pixels[(y - r.top) as usize * stride..][..stride]
+                        [(want.left - r.left) as usize * 3..(right - r.left) as usize * 3];
+                    let theirs = &full.pixels[y as usize * w as usize * 3..]
+                        [want.left as usize * 3..right as usize * 3];
+                    assert!(
+                        ours == theirs,
+                        "{backend} {}: {want:?}: row {y} differs",
+                        c.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Where a backend cannot skip work it decodes everything; libjpeg-turbo does skip (it decodes fewer
+/// pixels than the image has for a small box in the middle).
+#[test]
+fn region_decode_skips_work_where_it_can() {
+    let jpeg = Jpeg::default().encode(&photo(500, 375, 3, 8), 500, 375, ColorType::Rgb);
+    let want = CropBox {
+        top: 100,
+        left: 150,
+        height: 80,
+        width: 60,
+    };
+    for backend in backends() {
+        let r = decoder(backend)
+            .decode_region(&jpeg, |_, _| want)
+            .map(|r| (r.left, r.top, r.image.width, r.image.height))
+            .unwrap();
+        match backend {
+            // The box, a few pixels of margin, and the left edge moved back to a 16-pixel block boundary.
+            JpegBackend::Turbo => {
+                let (left, top, w, h) = r;
+                assert!(left <= 150 && left % 16 == 0 && top <= 100, "{r:?}");
+                assert!(left + w >= 210 && top + h >= 180, "{r:?}");
+                assert!(w <= 60 + 2 * 16 && h <= 80 + 2 * 16, "{r:?}");
+            }
+            _ => assert_eq!(r, (0, 0, 500, 375)),
+        }
+    }
+}
+
+#[test]
+fn turbo_backend_missing_is_a_clear_error() {
+    let jpeg = Jpeg::default().encode(&photo(16, 16, 3, 8), 16, 16, ColorType::Rgb);
+    let r = decoder(JpegBackend::Turbo).decode(&jpeg).map(|i| i.width);
+    if JpegBackend::Turbo.is_available() {
+        assert_eq!(r.unwrap(), 16);
+    } else {
+        let e = r.unwrap_err();
+        assert!(matches!(e, DecodeError::BackendUnavailable));
+        assert!(e.to_string().contains("`turbojpeg` feature"), "{e}");
+    }
 }
 
 #[test]
@@ -855,8 +1037,13 @@ fn error_names_the_sample() {
 
 #[test]
 fn truncated_files_are_errors_not_grey() {
+    for backend in backends() {
+        truncated_files_are_errors_with(decoder(backend));
+    }
+}
+
+fn truncated_files_are_errors_with(mut d: Decoder) {
     let odd = photo(333, 257, 2, 6);
-    let mut d = Decoder::default();
     for (name, jpeg) in [
         (
             "baseline",
@@ -927,8 +1114,11 @@ fn oversized_declared_dimensions_are_refused_before_allocating() {
     let fake = jpeg_claiming(20000, 20000);
     let info = probe(&fake).unwrap();
     assert_eq!((info.width, info.height), (20000, 20000));
-    for max_pixels in [1_000_000, DecodeOptions::default().max_pixels] {
-        let mut d = Decoder::new(DecodeOptions { max_pixels });
+    for (max_pixels, jpeg) in [1_000_000, DecodeOptions::default().max_pixels]
+        .into_iter()
+        .flat_map(|m| backends().into_iter().map(move |b| (m, b)))
+    {
+        let mut d = Decoder::new(DecodeOptions { max_pixels, jpeg });
         let (res, allocs) = allocs_during(|| d.decode(&fake).map(|_| ()));
         match res {
             Err(DecodeError::TooLarge {
@@ -942,6 +1132,7 @@ fn oversized_declared_dimensions_are_refused_before_allocating() {
     }
     let e = Decoder::new(DecodeOptions {
         max_pixels: 1_000_000,
+        ..DecodeOptions::default()
     })
     .decode(&fake)
     .unwrap_err();
@@ -989,10 +1180,15 @@ fn oversized_declared_dimensions_are_refused_before_allocating() {
 
 #[test]
 fn every_prefix_and_bit_flip_is_handled() {
-    let options = DecodeOptions {
-        max_pixels: 1 << 20,
-    };
-    let mut d = Decoder::new(options.clone());
+    for jpeg in backends() {
+        every_prefix_and_bit_flip_is_handled_with(Decoder::new(DecodeOptions {
+            max_pixels: 1 << 20,
+            jpeg,
+        }));
+    }
+}
+
+fn every_prefix_and_bit_flip_is_handled_with(mut d: Decoder) {
     let p = photo(48, 40, 11, 6);
     let gray: Vec<u8> = p.chunks_exact(3).map(|x| x[0]).collect();
     let files = [
@@ -1011,8 +1207,8 @@ fn every_prefix_and_bit_flip_is_handled() {
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut variants = 0;
-    for file in &files {
-        d.decode(file).unwrap();
+    for (i, file) in files.iter().enumerate() {
+        d.decode(file).unwrap_or_else(|e| panic!("{i}: {e}"));
         // Every strict prefix of a JPEG lacks its end-of-image marker: an error, never a picture.
         for cut in 0..file.len() {
             assert!(
@@ -1033,6 +1229,19 @@ fn every_prefix_and_bit_flip_is_handled() {
                 assert_eq!(
                     img.pixels.len(),
                     img.width as usize * img.height as usize * 3
+                );
+            }
+            // The partial path too: a box in the middle, as a training crop would ask.
+            let middle = |w: u32, h: u32| CropBox {
+                top: h / 4,
+                left: w / 3,
+                height: h / 2,
+                width: w / 3,
+            };
+            if let Ok(r) = d.decode_region(&bad, middle) {
+                assert_eq!(
+                    r.image.pixels.len(),
+                    r.image.width as usize * r.image.height as usize * 3
                 );
             }
             let _ = probe(&bad);
@@ -1108,6 +1317,20 @@ fn decode_throughput() {
         n as f64 / best
     };
     let before = ours();
+    let turbo = if JpegBackend::Turbo.is_available() {
+        let mut t = decoder(JpegBackend::Turbo);
+        let mut best = f64::MAX;
+        for _ in 0..rounds {
+            let s = Instant::now();
+            for f in &files {
+                std::hint::black_box(t.decode(f).unwrap().pixels[0]);
+            }
+            best = best.min(s.elapsed().as_secs_f64());
+        }
+        format!("{:.0}", n as f64 / best)
+    } else {
+        "(not built)".into()
+    };
     let mut bare = f64::MAX;
     for _ in 0..rounds {
         let t = Instant::now();
@@ -1144,7 +1367,7 @@ fn decode_throughput() {
     eprintln!(
         "500x375 q90 4:2:0, {kb:.1} KB avg, one thread, best of {rounds} rounds of {n}: \
          Decoder {before:.0} img/s (again after the others: {after:.0}), bare zune-jpeg decode() {bare:.0} img/s, \
-         PIL open+convert {} img/s",
+         Decoder with libjpeg-turbo {turbo} img/s, PIL open+convert {} img/s",
         pil.unwrap_or_else(|| "(IMG_PYTHON not set)".into())
     );
 }

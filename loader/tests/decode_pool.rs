@@ -160,7 +160,15 @@ fn out_of_range_indices_and_zero_threads_are_refused() {
 #[test]
 fn the_pixel_cap_applies() {
     let source = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
-    let pool = DecodePool::new(source.clone(), 2, DecodeOptions { max_pixels: 16 }).unwrap();
+    let pool = DecodePool::new(
+        source.clone(),
+        2,
+        DecodeOptions {
+            max_pixels: 16,
+            ..DecodeOptions::default()
+        },
+    )
+    .unwrap();
     let all: Vec<usize> = (0..source.len()).collect();
     let summary = pool
         .decode(&all, |_, outcome| assert!(outcome.is_err()))

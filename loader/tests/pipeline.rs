@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use imgloader::decode::JpegBackend;
 use imgloader::{
-    BadSamples, Error, Loader, OpenOptions, Output, Source, TrainAugment, Transform, ValAugment,
-    open,
+    Augmenter, BadSamples, DecodeOptions, Error, Loader, OpenOptions, Output, Source, TrainAugment,
+    Transform, ValAugment, open, sample_rng,
 };
+
+use crate::support::{backends, decoder};
 
 /// A small learnable dataset (folders and tars), generated once per test binary.
 fn dataset() -> &'static Path {
@@ -467,6 +470,62 @@ fn buffers_are_reused_across_epochs_even_when_batches_are_kept() {
     );
 }
 
+/// The loader decides each crop from the header and decodes only what it needs (libjpeg-turbo); the
+/// batches must equal the augmenter run on whole decoded images, for train and val, on every backend.
+#[test]
+fn partial_decodes_give_the_whole_image_results() {
+    let source = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
+    let train = TrainAugment {
+        size: (48, 40),
+        ..Default::default()
+    };
+    let val = ValAugment {
+        resize: 56,
+        crop: 48,
+    };
+    for backend in backends() {
+        for transform in [Transform::Train(train), Transform::Val(val)] {
+            let loader = Loader::builder(source.clone())
+                .batch_size(5)
+                .threads(2)
+                .transform(transform.clone())
+                .decode_options(DecodeOptions {
+                    jpeg: backend,
+                    ..DecodeOptions::default()
+                })
+                .seed(3)
+                .build()
+                .unwrap();
+            let mut decoder = decoder(backend);
+            let mut aug = Augmenter::new(train, val).unwrap();
+            let mut bytes = Vec::new();
+            for batch in loader.epoch(2) {
+                let batch = batch.unwrap();
+                let slot = batch.pixels().len() / batch.len;
+                let mut want = vec![0u8; slot];
+                for (i, &index) in batch.indices.iter().enumerate() {
+                    let img = decoder
+                        .decode(source.bytes(index, &mut bytes).unwrap())
+                        .unwrap();
+                    match &transform {
+                        Transform::Train(_) => {
+                            let mut rng = sample_rng(3, 2, index as u64);
+                            aug.train(img, &mut rng, &mut want).unwrap();
+                        }
+                        Transform::Val(_) => {
+                            aug.val(img, &mut want).unwrap();
+                        }
+                    }
+                    assert!(
+                        batch.pixels()[i * slot..][..slot] == want[..],
+                        "{backend} {transform:?}: sample {index} differs"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_settings_are_refused_by_name() {
     let source = open(&dataset().join("val"), &OpenOptions::default()).unwrap();
@@ -478,5 +537,12 @@ fn bad_settings_are_refused_by_name() {
         size: (0, 224),
         ..Default::default()
     });
-    assert!(!err(Loader::builder(source).transform(zero)).is_empty());
+    assert!(!err(Loader::builder(source.clone()).transform(zero)).is_empty());
+    if !JpegBackend::Turbo.is_available() {
+        let turbo = DecodeOptions {
+            jpeg: JpegBackend::Turbo,
+            ..DecodeOptions::default()
+        };
+        assert!(err(Loader::builder(source).decode_options(turbo)).contains("turbojpeg"));
+    }
 }

@@ -48,3 +48,20 @@ pub fn run_ref(python: &PathBuf, script: &str, args: &[String], stdin: &[u8]) ->
     );
     out.stdout
 }
+
+/// Every JPEG backend in this build: zune always, libjpeg-turbo with the `turbojpeg` feature.
+pub fn backends() -> Vec<imgloader::decode::JpegBackend> {
+    use imgloader::decode::JpegBackend;
+    [JpegBackend::Zune, JpegBackend::Turbo]
+        .into_iter()
+        .filter(|b| b.is_available())
+        .collect()
+}
+
+/// A decoder with default options but for the JPEG backend.
+pub fn decoder(jpeg: imgloader::decode::JpegBackend) -> imgloader::Decoder {
+    imgloader::Decoder::new(imgloader::DecodeOptions {
+        jpeg,
+        ..imgloader::DecodeOptions::default()
+    })
+}

@@ -49,7 +49,7 @@ fn unsupported(what: impl Into<String>) -> DecodeError {
     }
 }
 
-const TRUNCATED: DecodeError = DecodeError::Truncated {
+pub(super) const TRUNCATED: DecodeError = DecodeError::Truncated {
     format: ImageFormat::Jpeg,
 };
 
@@ -209,7 +209,7 @@ impl Header {
     /// `FF D9` (an `FF` there is stuffed as `FF 00`), so one found after the scan start is the real
     /// EOI. Searched from the end: for a whole file it is the last two bytes, or just before
     /// trailing padding.
-    fn has_eoi(&self, bytes: &[u8]) -> bool {
+    pub(super) fn has_eoi(&self, bytes: &[u8]) -> bool {
         bytes[self.scan_start..]
             .windows(2)
             .rev()
@@ -234,9 +234,6 @@ pub(super) fn decode(
     rgb: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
 ) -> Result<(), DecodeError> {
-    if !header.has_eoi(bytes) {
-        return Err(TRUNCATED);
-    }
     let expected = header.zune_color;
     let out = match expected {
         ZColorSpace::CMYK | ZColorSpace::YCCK => expected,
@@ -303,7 +300,7 @@ fn pil_cmyk_channel(stored_c: u8, stored_k: u8) -> u8 {
     stored_k - mul_div_255(255 - stored_c, stored_k)
 }
 
-fn cmyk_to_rgb(cmyk: &[u8], rgb: &mut [u8]) {
+pub(super) fn cmyk_to_rgb(cmyk: &[u8], rgb: &mut [u8]) {
     for (p, o) in cmyk.chunks_exact(4).zip(rgb.chunks_exact_mut(3)) {
         o[0] = pil_cmyk_channel(p[0], p[3]);
         o[1] = pil_cmyk_channel(p[1], p[3]);
