@@ -141,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .sum();
     let done_now = summary.samples - kept_samples;
     let rate = done_now as f64 / secs.max(1e-9);
-    println!(
+    outln!(
         "{}: {} samples in {} classes -> {} shards, {:.1} MB, in {} ({:.1}s: {rate:.1} img/s, {:.1} per thread, {} threads)",
         args.src.display(),
         summary.samples,
@@ -154,17 +154,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.threads,
     );
     if summary.kept > 0 {
-        println!(
+        outln!(
             "resumed: kept {} finished shard(s) ({kept_samples} samples) from an earlier run",
             summary.kept
         );
     }
     if !summary.bad.is_empty() {
-        println!("left out {} bad sample(s):", summary.bad.len());
+        outln!("left out {} bad sample(s):", summary.bad.len());
         for b in &summary.bad {
-            println!("  {}: {}", b.name, b.error);
+            outln!("  {}: {}", b.name, b.error);
         }
     }
-    println!("manifest: {}", summary.manifest.display());
+    outln!("manifest: {}", summary.manifest.display());
     Ok(())
 }

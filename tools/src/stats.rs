@@ -88,9 +88,9 @@ impl Dist {
         })
     }
 
-    fn print(&self, buckets: usize) {
+    fn print(&self, buckets: usize) -> std::io::Result<()> {
         let mean = self.sorted.iter().sum::<f64>() / self.sorted.len() as f64;
-        println!(
+        outln!(
             "\n{} ({}): min {}, p1 {}, median {}, mean {}, p99 {}, max {}",
             self.name,
             self.unit,
@@ -101,7 +101,7 @@ impl Dist {
             num(self.quantile(0.99)),
             num(self.sorted[self.sorted.len() - 1]),
         );
-        print_histogram(&self.histogram(buckets));
+        print_histogram(&self.histogram(buckets))
     }
 }
 
@@ -116,7 +116,7 @@ fn num(v: f64) -> String {
     }
 }
 
-fn print_histogram(h: &[(f64, f64, usize)]) {
+fn print_histogram(h: &[(f64, f64, usize)]) -> std::io::Result<()> {
     const BAR: usize = 40;
     let max = h.iter().map(|b| b.2).max().unwrap_or(0).max(1);
     let labels: Vec<String> = h
@@ -126,11 +126,12 @@ fn print_histogram(h: &[(f64, f64, usize)]) {
     let w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
     for ((_, _, count), label) in h.iter().zip(&labels) {
         let len = (count * BAR).div_ceil(max);
-        println!(
+        outln!(
             "  {label:>w$} | {:<BAR$} {count}",
             "#".repeat(if *count > 0 { len.max(1) } else { 0 })
         );
     }
+    Ok(())
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -226,11 +227,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         {
             v[*key] = d.json(args.buckets);
         }
-        println!("{v}");
+        outln!("{v}");
         return Ok(());
     }
     let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} {f}")).collect();
-    println!(
+    outln!(
         "{}: {} images in {} classes, {:.1} MB ({}), headers read in {secs:.2}s",
         args.src.display(),
         source.len(),
@@ -243,19 +244,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         per_class.iter().enumerate().max_by_key(|p| p.1),
     );
     if let (Some((a, na)), Some((b, nb))) = (min_c, max_c) {
-        println!(
+        outln!(
             "smallest class: {} ({na} images); largest: {} ({nb} images)",
-            classes[a], classes[b]
+            classes[a],
+            classes[b]
         );
     }
-    class_dist.print(args.buckets);
+    class_dist.print(args.buckets)?;
     for d in &dists {
-        d.print(args.buckets);
+        d.print(args.buckets)?;
     }
     if !unreadable.is_empty() {
-        println!("\nunreadable headers ({}):", unreadable.len());
+        outln!("\nunreadable headers ({}):", unreadable.len());
         for name in &unreadable {
-            println!("  {name}");
+            outln!("  {name}");
         }
     }
     Ok(())

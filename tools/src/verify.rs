@@ -171,29 +171,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "expected": expect.as_ref().map(|(ok, want)| json!({"ok": ok, "want": want})),
             "ok": bad.is_empty() && expect.as_ref().is_none_or(|(ok, _)| *ok),
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "{}: decoded {images} images in {classes} classes ({:.1} MB) in {secs:.2}s with {} threads",
             args.src.display(),
             total_bytes as f64 / 1e6,
             args.threads
         );
         if !odd.is_empty() {
-            println!("odd files ({}; they decode):", odd.len());
+            outln!("odd files ({}; they decode):", odd.len());
             for (name, kind) in &odd {
-                println!("  {kind}: {name}");
+                outln!("  {kind}: {name}");
             }
         }
         if !bad.is_empty() {
-            println!("bad files ({}):", bad.len());
+            outln!("bad files ({}):", bad.len());
             for (name, kind, error) in &bad {
-                println!("  {kind}: {name}: {error}");
+                outln!("  {kind}: {name}: {error}");
             }
         }
         if let Some((ok, want)) = &expect {
             let verdict = if *ok { "ok" } else { "MISMATCH" };
-            println!(
+            outln!(
                 "counts: {verdict} (expected {want}, found {images} images in {classes} classes)"
             );
         }

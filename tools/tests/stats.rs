@@ -62,3 +62,24 @@ fn text_and_json_agree_with_the_data() {
     let (_, err) = fails(&["stats", s(&d.join("train")), "--buckets", "0"]);
     assert!(err.contains("buckets"), "{err}");
 }
+
+/// `imgtool stats ... | head -1`: a reader that goes away early is not a failure, and nothing panics.
+#[test]
+fn closed_stdout_is_not_an_error() {
+    use std::process::{Command, Stdio};
+    let t = tempfile::tempdir().unwrap();
+    let d = dataset(t.path(), 4);
+    let child = Command::new(env!("CARGO_BIN_EXE_imgtool"))
+        .args(["stats", s(&d.join("train.tar")), "--buckets", "50"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close our end of the pipe before the tool writes: every write of the tool fails with EPIPE.
+    let mut child = child;
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
