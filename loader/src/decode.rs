@@ -75,6 +75,21 @@ impl JpegBackend {
     }
 }
 
+impl std::str::FromStr for JpegBackend {
+    type Err = String;
+
+    /// `zune` / `zune-jpeg`, `turbo` / `libjpeg-turbo` (any case); for command lines.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "zune" | "zune-jpeg" => Ok(JpegBackend::Zune),
+            "turbo" | "libjpeg-turbo" | "turbojpeg" => Ok(JpegBackend::Turbo),
+            _ => Err(format!(
+                "unknown JPEG decoder {s:?}: expected zune (zune-jpeg) or turbo (libjpeg-turbo)"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for JpegBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

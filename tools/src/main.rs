@@ -1,5 +1,14 @@
 //! `imgtool`: dataset tools. Thin: parse arguments, call the loader and fixtures crates, print.
 
+/// `println!` that hands a write error (above all a closed pipe: `imgtool stats ... | head`) back to the
+/// caller with `?`, for `main` to judge, where `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?;
+    }};
+}
+
 mod progress;
 mod scan;
 mod shard;
@@ -15,6 +24,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
+use imgloader::decode::JpegBackend;
 use imgloader::{
     BadSamples, DecodeOptions, DecodePool, DistributedSampler, IndexPolicy, Loader, OpenOptions,
     OpenReport, Source, TrainAugment, Transform, ValAugment,
@@ -154,6 +164,10 @@ struct BenchArgs {
     /// Output side length.
     #[arg(long, default_value_t = 224)]
     crop_size: u32,
+    /// JPEG decoder: zune (zune-jpeg, pure Rust) or turbo (libjpeg-turbo, region decode; needs a build
+    /// with the `turbojpeg` feature).
+    #[arg(long, default_value_t = JpegBackend::Zune)]
+    jpeg: JpegBackend,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -191,7 +205,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let summary = imgfixtures::write_dataset(&cfg, &args.out)
         .with_context(|| format!("writing the dataset to {}", args.out.display()))?;
-    println!(
+    outln!(
         "wrote {} classes: {} train + {} val images ({:.1} MB of JPEG, written as folders and as train.tar/val.tar) in {} ({:.1}s)",
         summary.classes,
         summary.train.images,
@@ -268,7 +282,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let (_, r) = open(&args.src, &args.labels, args.rebuild)?;
     let secs = start.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "{}: {:?}, {} images in {} classes, {:.1} MB of images",
         args.src.display(),
         r.layout,
@@ -277,7 +291,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         r.image_bytes as f64 / 1e6
     );
     if let Some(line) = skipped_line(&r.skipped) {
-        println!("{line}");
+        outln!("{line}");
     }
     if r.archives > 0 {
         let what = if r.members_scanned == 0 {
@@ -291,15 +305,15 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
                 r.members_scanned, r.indexes_built
             )
         };
-        println!("{} archive(s): {what}", r.archives);
+        outln!("{} archive(s): {what}", r.archives);
     }
     for note in &r.notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
     for file in &r.index_files {
-        println!("index: {}", file.display());
+        outln!("index: {}", file.display());
     }
-    println!("took {secs:.3}s");
+    outln!("took {secs:.3}s");
     Ok(())
 }
 
@@ -355,6 +369,16 @@ enum BenchRunner {
 
 impl BenchRunner {
     fn new(args: &BenchArgs, source: Arc<dyn Source>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            args.jpeg.is_available(),
+            "--jpeg {}: this imgtool was built without libjpeg-turbo \
+             (cargo build --release -p imgtool --features turbojpeg)",
+            args.jpeg
+        );
+        let decode = DecodeOptions {
+            jpeg: args.jpeg,
+            ..DecodeOptions::default()
+        };
         let transform = match args.pipeline {
             Pipeline::Train => Transform::Train(TrainAugment {
                 size: (args.crop_size, args.crop_size),
@@ -365,7 +389,7 @@ impl BenchRunner {
                 ..Default::default()
             }),
             Pipeline::Decode => {
-                let pool = DecodePool::new(source.clone(), args.threads, DecodeOptions::default())
+                let pool = DecodePool::new(source.clone(), args.threads, decode)
                     .context("configuring the decode pool")?;
                 // Shuffled like the train pipeline, so both read the files in the same kind of order.
                 let sampler = DistributedSampler::new(source.len(), 0, 1, true, args.seed, false)
@@ -381,6 +405,7 @@ impl BenchRunner {
             .batch_size(args.batch_size)
             .threads(args.threads)
             .transform(transform)
+            .decode_options(decode)
             .seed(args.seed)
             .bad_samples(BadSamples::Skip {
                 max_total: usize::MAX,
@@ -476,9 +501,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             format!("[{}]", runs.iter().map(f).collect::<Vec<_>>().join(","))
         };
         let or_null = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
-        let fields: [(&str, String); 17] = [
+        let fields: [(&str, String); 18] = [
             ("tool", "\"imgloader\"".to_owned()),
             ("pipeline", format!("\"{pipeline}\"")),
+            ("jpeg", format!("\"{}\"", args.jpeg)),
             ("threads", args.threads.to_string()),
             ("batch_size", args.batch_size.to_string()),
             ("epochs", runs.len().to_string()),
@@ -505,11 +531,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             ("epoch_rss_bytes", list(&|r| r.rss.to_string())),
         ];
         let json: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        println!("{{{}}}", json.join(","));
+        outln!("{{{}}}", json.join(","));
     } else {
-        println!(
+        outln!(
             "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
-             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}",
+             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}; JPEG by {}",
             ips / args.threads as f64,
             args.threads,
             bytes as f64 / secs / 1e6,
@@ -518,10 +544,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 ", {:.2} ms of CPU per image",
                 c * 1e3 / images as f64
             )),
+            args.jpeg,
         );
         if runs.len() > 1 {
             for (epoch, r) in runs.iter().enumerate() {
-                println!(
+                outln!(
                     "  epoch {epoch}: {} images, {:.1} img/s, RSS after it {:.0} MiB",
                     r.images,
                     r.images as f64 / r.secs,

@@ -151,3 +151,25 @@ fn bench_refuses_bad_settings() {
     let (ok, _, err) = bench(&bench_data().join("missing"), &["--pipeline", "decode"]);
     assert!(!ok && err.contains("missing"), "{err}");
 }
+
+#[test]
+fn jpeg_decoder_flag_is_checked() {
+    let (ok, _, err) = bench(&train_dir(), &["--pipeline", "decode", "--jpeg", "libpng"]);
+    assert!(
+        !ok && err.contains("unknown JPEG decoder \"libpng\""),
+        "{err}"
+    );
+    let (ok, out, err) = bench(
+        &train_dir(),
+        &["--pipeline", "train", "--jpeg", "turbo", "--json"],
+    );
+    if imgloader::decode::JpegBackend::Turbo.is_available() {
+        assert!(ok, "{err}");
+        assert_eq!(field(&out, "jpeg"), "\"libjpeg-turbo\"", "{out}");
+    } else {
+        assert!(
+            !ok && err.contains("--jpeg libjpeg-turbo") && err.contains("turbojpeg"),
+            "{err}"
+        );
+    }
+}
