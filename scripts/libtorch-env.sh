@@ -8,7 +8,8 @@
 #   3. Otherwise: PyPI's torch==2.11.0 (+ the CUDA headers the c10d/NCCL shim needs) in a per-user cache
 #      outside the checkout, keyed by version, shared by every clone and CI run of this machine.
 #
-# It also makes sure Debian's libgloo-dev (headers for the CPU distributed backend) is present.
+# It also makes sure Debian's libgloo-dev (headers for the CPU distributed backend) is present, and cmake
+# and NASM, which build the bundled libjpeg-turbo (the binaries' default `turbojpeg` feature).
 
 IMG_TORCH_VERSION="2.11.0"
 IMG_CUDA_HEADERS_VERSION="13.0.*"
@@ -45,6 +46,20 @@ _img_ensure_gloo() {
         _img_say "note: libgloo-dev is not installed (run: sudo apt-get install libgloo-dev)"
     fi
     return 0
+}
+
+_img_ensure_jpeg_tools() {
+    command -v cmake >/dev/null && command -v nasm >/dev/null && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        _img_say "installing Debian's cmake and nasm (they build the bundled libjpeg-turbo)"
+        { apt-get install -y -q cmake nasm >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q cmake nasm >/dev/null 2>&1; }; } ||
+            { _img_die "could not install cmake and nasm with apt-get"; return 1; }
+    else
+        _img_die "cmake and nasm are needed to build libjpeg-turbo (e.g. sudo apt-get install cmake nasm), or build \
+with --no-default-features for the pure-Rust decoder only"
+        return 1
+    fi
 }
 
 _img_ensure_libtorch() {
@@ -115,4 +130,4 @@ _img_ensure_libtorch() {
     export IMG_LIBTORCH_LIB="$lib"
 }
 
-_img_ensure_libtorch && _img_ensure_gloo
+_img_ensure_libtorch && _img_ensure_gloo && _img_ensure_jpeg_tools

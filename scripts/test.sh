@@ -14,3 +14,8 @@ echo "== cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+# The workspace build turns on the loader's `turbojpeg` feature (the binaries want it); the loader must also
+# build, lint clean and pass on its own, pure Rust, as a library user without a C toolchain gets it.
+echo "== the loader without libjpeg-turbo"
+cargo clippy -p imgloader --all-targets --locked -- -D warnings
+cargo test -p imgloader --locked

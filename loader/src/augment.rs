@@ -666,14 +666,9 @@ fn resize_err(e: fir::ResizeError) -> Error {
 /// Mirrors each row of a u8 HWC RGB image in place.
 fn flip_horizontal(pixels: &mut [u8], width: usize) {
     for row in pixels.chunks_exact_mut(width * 3) {
-        let (mut a, mut b) = (0, width - 1);
-        while a < b {
-            for c in 0..3 {
-                row.swap(a * 3 + c, b * 3 + c);
-            }
-            a += 1;
-            b -= 1;
-        }
+        // As whole pixels, the reversal compiles to wide loads and shuffles instead of byte swaps (~2.5%
+        // of a training sample's CPU time before).
+        bytemuck::cast_slice_mut::<u8, [u8; 3]>(row).reverse();
     }
 }
 

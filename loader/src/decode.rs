@@ -44,17 +44,27 @@ impl Default for DecodeOptions {
     }
 }
 
-/// The JPEG decoder behind a [`Decoder`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// The JPEG decoder behind a [`Decoder`]. The default is the fastest one built: libjpeg-turbo with the
+/// `turbojpeg` feature, zune-jpeg without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum JpegBackend {
     /// zune-jpeg: pure Rust, always built. Decodes whole images; pixels within a level or two of PIL's.
-    #[default]
     Zune,
     /// libjpeg-turbo 3.1, PIL's own decoder: the same pixels as PIL, and [`Decoder::decode_region`] decodes
     /// little more than the region asked for. Needs the `turbojpeg` cargo feature (cmake and NASM at build
     /// time); without it, decoding with this backend fails with [`DecodeError::BackendUnavailable`].
     Turbo,
+}
+
+impl Default for JpegBackend {
+    fn default() -> Self {
+        if cfg!(feature = "turbojpeg") {
+            JpegBackend::Turbo
+        } else {
+            JpegBackend::Zune
+        }
+    }
 }
 
 impl JpegBackend {

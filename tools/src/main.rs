@@ -164,9 +164,9 @@ struct BenchArgs {
     /// Output side length.
     #[arg(long, default_value_t = 224)]
     crop_size: u32,
-    /// JPEG decoder: zune (zune-jpeg, pure Rust) or turbo (libjpeg-turbo, region decode; needs a build
-    /// with the `turbojpeg` feature).
-    #[arg(long, default_value_t = JpegBackend::Zune)]
+    /// JPEG decoder: turbo (libjpeg-turbo, region decode; the default when built in) or zune (zune-jpeg,
+    /// pure Rust).
+    #[arg(long, default_value_t = JpegBackend::default())]
     jpeg: JpegBackend,
     /// Print one JSON object instead of text.
     #[arg(long)]

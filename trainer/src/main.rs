@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
 use imgtrain::schedule::LrSchedule;
 use imgtrain::{RunSummary, TrainConfig};
@@ -146,6 +147,10 @@ struct Args {
     /// Use only N validation samples, spread evenly over the split.
     #[arg(long = "limit-val", visible_alias = "limit_val", value_name = "N")]
     limit_val: Option<usize>,
+    /// JPEG decoder of the loader: turbo (libjpeg-turbo: decodes only the crop, PIL's exact pixels; the
+    /// default when built in) or zune (zune-jpeg, pure Rust).
+    #[arg(long, value_name = "DECODER", default_value_t = JpegBackend::default())]
+    jpeg: JpegBackend,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -199,6 +204,7 @@ impl Args {
             val_resize: self.val_resize,
             limit_train: self.limit_train,
             limit_val: self.limit_val,
+            jpeg: self.jpeg,
             args: argv,
         }
     }

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imgloader::{Batch, Loader, OpenOptions, Source, TrainAugment, Transform, ValAugment};
+use imgloader::decode::JpegBackend;
+use imgloader::{
+    Batch, DecodeOptions, Loader, OpenOptions, Source, TrainAugment, Transform, ValAugment,
+};
 use tch::nn::VarStore;
 use tch::{Cuda, Device, Kind, Reduction, Tensor};
 
@@ -75,6 +78,8 @@ pub struct TrainConfig {
     pub val_resize: u32,
     pub limit_train: Option<usize>,
     pub limit_val: Option<usize>,
+    /// The loader's JPEG decoder (default: libjpeg-turbo when built in, else zune-jpeg).
+    pub jpeg: JpegBackend,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -108,6 +113,7 @@ impl Default for TrainConfig {
             val_resize: 256,
             limit_train: None,
             limit_val: None,
+            jpeg: JpegBackend::default(),
             args: Vec::new(),
         }
     }
@@ -173,6 +179,15 @@ impl TrainConfig {
         }
         if self.limit_train == Some(0) {
             return bad("--limit-train", "must be at least 1".into());
+        }
+        if !self.jpeg.is_available() {
+            return bad(
+                "--jpeg",
+                format!(
+                    "{}: this imgtrain was built without it (build with the default features)",
+                    self.jpeg
+                ),
+            );
         }
         if self.limit_val == Some(0) {
             return bad("--limit-val", "must be at least 1".into());
@@ -335,6 +350,10 @@ fn build_loader(
         .batch_size(cfg.batch_size)
         .threads(cfg.workers)
         .transform(transform)
+        .decode_options(DecodeOptions {
+            jpeg: cfg.jpeg,
+            ..DecodeOptions::default()
+        })
         .seed(seed);
     builder
         .allocator(TensorAllocator::for_device(device))

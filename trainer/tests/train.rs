@@ -233,6 +233,17 @@ fn evaluate_only_reproduces_the_checkpoint_accuracy() {
     // Evaluation writes nothing.
     let after = Checkpoint::read(&ck_path).unwrap();
     assert_eq!(after.meta, ck.meta);
+    // The pure-Rust decoder evaluates the same model too (its pixels differ from PIL's by a level or so,
+    // so the accuracy may move a little, not the run's success).
+    let out = imgtrain()
+        .arg(dataset())
+        .args(SMALL)
+        .args(["-e", "--jpeg", "zune", "--resume"])
+        .arg(&ck_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" * Acc@1 "), "{}", stdout(&out));
 }
 
 #[test]
@@ -414,6 +425,16 @@ fn bad_flag_values() {
     assert!(e.contains("--pretrained: needs a weights file"), "{e}");
     let e = fails_before_training(&[d, os("--limit-train"), os("0")]);
     assert!(e.contains("--limit-train"), "{e}");
+    let out = imgtrain()
+        .args([d, os("--jpeg"), os("libpng")])
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("--jpeg") && e.contains("unknown JPEG decoder \"libpng\""),
+        "{e}"
+    );
 }
 
 #[test]
