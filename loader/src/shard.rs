@@ -49,6 +49,7 @@
 //! the rest: the result is byte-identical to an uninterrupted run. A re-run with other settings, or into a
 //! folder holding anything else, is refused. Nothing is written outside the output folder.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -91,6 +92,8 @@ pub struct Reencode {
     pub max_side: Option<u32>,
     /// JPEG quality, `1..=100`.
     pub quality: u8,
+    /// Chroma resolution of the re-encoded JPEGs.
+    pub chroma: Chroma,
 }
 
 impl Default for Reencode {
@@ -99,6 +102,53 @@ impl Default for Reencode {
         Reencode {
             max_side: None,
             quality: 90,
+            chroma: Chroma::Auto,
+        }
+    }
+}
+
+/// Chroma subsampling of re-encoded JPEGs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Chroma {
+    /// jpeg-encoder's rule: 4:4:4 from quality 90 up, 4:2:0 below.
+    #[default]
+    Auto,
+    /// Full chroma resolution (4:4:4): sharpest colour edges, largest files, slowest to decode.
+    Full,
+    /// Half chroma resolution both ways (4:2:0), as ImageNet's own JPEGs and Pillow's default save:
+    /// ~20% smaller files and ~15% faster training reads than 4:4:4 at max side 320.
+    Half,
+}
+
+impl Chroma {
+    /// The name used on command lines and in manifests: `auto`, `444`, `420`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Chroma::Auto => "auto",
+            Chroma::Full => "444",
+            Chroma::Half => "420",
+        }
+    }
+}
+
+impl fmt::Display for Chroma {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Chroma {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Chroma::Auto),
+            "444" | "4:4:4" => Ok(Chroma::Full),
+            "420" | "4:2:0" => Ok(Chroma::Half),
+            _ => Err(format!(
+                "unknown chroma subsampling {s:?}: expected auto, 444 or 420"
+            )),
         }
     }
 }
@@ -722,7 +772,11 @@ impl ShardWriter {
         };
         let reencode = c.reencode.map_or(
             Value::Null,
-            |r| json!({"max_side": r.max_side, "quality": r.quality}),
+            // `chroma` only when set, so that shards written before it existed still resume.
+            |r| match r.chroma {
+                Chroma::Auto => json!({"max_side": r.max_side, "quality": r.quality}),
+                c => json!({"max_side": r.max_side, "quality": r.quality, "chroma": c.name()}),
+            },
         );
         // The source, by what the shards hold: names (relative), labels and classes.
         let mut h = crc32fast::Hasher::new();
@@ -1032,9 +1086,15 @@ impl ShardWriter {
             )));
         };
         let mut data = Vec::with_capacity(original_bytes.max(4096));
-        // jpeg-encoder's own rule: full chroma (4:4:4) from quality 90, 4:2:0 (cheaper to decode) below.
-        // Sharp colour edges lose ~3 dB to 4:2:0, which would take quality 90-95 under 35 dB PSNR.
-        jpeg_encoder::Encoder::new(&mut data, r.quality)
+        // jpeg-encoder's own rule (Auto): full chroma (4:4:4) from quality 90, 4:2:0 (cheaper to decode)
+        // below. Sharp colour edges lose ~3 dB to 4:2:0, which would take quality 90-95 under 35 dB PSNR.
+        let mut encoder = jpeg_encoder::Encoder::new(&mut data, r.quality);
+        match r.chroma {
+            Chroma::Auto => {}
+            Chroma::Full => encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_4_4),
+            Chroma::Half => encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0),
+        }
+        encoder
             .encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
             .map_err(|e| fail(&e))?;
         Ok(Encoded {
@@ -1235,8 +1295,11 @@ mod tests {
         for (max_side, quality) in [(None, 95), (Some(60), 95)] {
             let out = t.path().join(format!("q{max_side:?}"));
             let mut b = ShardWriter::builder();
-            b.shard_bytes(12_000)
-                .reencode(Some(Reencode { max_side, quality }));
+            b.shard_bytes(12_000).reencode(Some(Reencode {
+                max_side,
+                quality,
+                ..Reencode::default()
+            }));
             let sum = write(&*src, &out, &b);
             assert!(sum.shards.len() > 1);
             for s in &sum.shards {
@@ -1287,6 +1350,7 @@ mod tests {
         b.shard_bytes(8_000).seed(1).reencode(Some(Reencode {
             max_side: Some(80),
             quality: 80,
+            chroma: Chroma::Half,
         }));
         let whole = write(&*src, &full, &b);
         assert!(whole.shards.len() >= 4, "{:?}", whole.shards);
@@ -1315,6 +1379,19 @@ mod tests {
             .write(&*src, &part, &|_| {});
         let msg = crate::error::chain(&err.unwrap_err());
         assert!(msg.contains("other settings"), "{msg}");
+        // Another chroma is another setting too.
+        let full_chroma = b
+            .clone()
+            .reencode(Some(Reencode {
+                max_side: Some(80),
+                quality: 80,
+                chroma: Chroma::Full,
+            }))
+            .build()
+            .unwrap()
+            .write(&*src, &part, &|_| {});
+        let msg = crate::error::chain(&full_chroma.unwrap_err());
+        assert!(msg.contains("other settings"), "{msg}");
         let foreign = t.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
@@ -1322,6 +1399,62 @@ mod tests {
         let msg = crate::error::chain(&err.unwrap_err());
         assert!(msg.contains("not empty"), "{msg}");
         assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 1);
+    }
+
+    /// The luma sampling factors of a baseline JPEG's frame header: 0x22 for 4:2:0, 0x11 for 4:4:4.
+    fn luma_sampling(jpeg: &[u8]) -> u8 {
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 11]
+    }
+
+    #[test]
+    fn chroma_setting_picks_the_subsampling() {
+        let t = tempfile::tempdir().unwrap();
+        let src = dataset(t.path(), 2);
+        for (quality, chroma, want) in [
+            (90, Chroma::Auto, 0x11),
+            (80, Chroma::Auto, 0x22),
+            (95, Chroma::Half, 0x22),
+            (50, Chroma::Full, 0x11),
+        ] {
+            let out = t.path().join(format!("{quality}-{chroma}"));
+            let mut b = ShardWriter::builder();
+            b.reencode(Some(Reencode {
+                max_side: Some(64),
+                quality,
+                chroma,
+            }));
+            write(&*src, &out, &b);
+            let mut jpegs = 0;
+            for (name, data) in files(&out) {
+                if !name.ends_with(".tar") {
+                    continue;
+                }
+                let mut archive = tar::Archive::new(&data[..]);
+                for entry in archive.entries().unwrap() {
+                    let mut entry = entry.unwrap();
+                    if entry
+                        .path()
+                        .unwrap()
+                        .extension()
+                        .is_some_and(|e| e == "jpg")
+                    {
+                        let mut jpeg = Vec::new();
+                        entry.read_to_end(&mut jpeg).unwrap();
+                        assert_eq!(luma_sampling(&jpeg), want, "{quality} {chroma}");
+                        jpegs += 1;
+                    }
+                }
+            }
+            assert!(jpegs > 0);
+        }
+        assert_eq!("420".parse::<Chroma>(), Ok(Chroma::Half));
+        assert!(
+            "4:1:1"
+                .parse::<Chroma>()
+                .unwrap_err()
+                .contains("auto, 444 or 420")
+        );
     }
 
     #[test]
@@ -1392,6 +1525,7 @@ mod tests {
                     .reencode(Some(Reencode {
                         max_side: None,
                         quality: 0,
+                        ..Reencode::default()
                     }))
                     .clone(),
                 "quality",
@@ -1401,6 +1535,7 @@ mod tests {
                     .reencode(Some(Reencode {
                         max_side: Some(0),
                         quality: 90,
+                        ..Reencode::default()
                     }))
                     .clone(),
                 "maximum side",

@@ -40,6 +40,7 @@ fn round_trip_keeps_labels_and_pixels() {
         (&["--num-shards", "3", "--meta"][..], true),
         (&["--quality", "95", "--shard-size", "20KiB"][..], false),
         (&["--max-side", "48", "--num-shards", "2"][..], false),
+        (&["--max-side", "48", "--chroma", "420"][..], false),
     ]
     .into_iter()
     .enumerate()
@@ -204,6 +205,8 @@ fn help_and_bad_arguments() {
     assert!(err.contains("unknown unit"), "{err}");
     let (_, err) = fails(&["shard", s(&src), "--out", o, "--quality", "0"]);
     assert!(err.contains("quality"), "{err}");
+    let (_, err) = fails(&["shard", s(&src), "--out", o, "--chroma", "411"]);
+    assert!(err.contains("--chroma") && err.contains("auto, 444 or 420"), "{err}");
     let (_, err) = fails(&["shard", s(&src), "--out", o, "--num-shards", "7"]);
     assert!(err.contains("7 shards for 6 samples"), "{err}");
     std::fs::create_dir(&out).unwrap();
