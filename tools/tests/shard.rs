@@ -206,7 +206,10 @@ fn help_and_bad_arguments() {
     let (_, err) = fails(&["shard", s(&src), "--out", o, "--quality", "0"]);
     assert!(err.contains("quality"), "{err}");
     let (_, err) = fails(&["shard", s(&src), "--out", o, "--chroma", "411"]);
-    assert!(err.contains("--chroma") && err.contains("auto, 444 or 420"), "{err}");
+    assert!(
+        err.contains("--chroma") && err.contains("auto, 444 or 420"),
+        "{err}"
+    );
     let (_, err) = fails(&["shard", s(&src), "--out", o, "--num-shards", "7"]);
     assert!(err.contains("7 shards for 6 samples"), "{err}");
     std::fs::create_dir(&out).unwrap();
