@@ -502,11 +502,7 @@ impl Augmenter {
         out: &mut [u8],
     ) -> Result<()> {
         let crop = params.crop;
-        let inside = crop.left >= region.left
-            && crop.top >= region.top
-            && crop.left + crop.width <= region.left + region.image.width
-            && crop.top + crop.height <= region.top + region.image.height;
-        if !inside {
+        if !region.covers(crop) {
             return Err(Error::Shape {
                 what: "crop box",
                 reason: format!(
@@ -561,11 +557,7 @@ impl Augmenter {
         let side = self.val.crop;
         check_slot(out, (side, side))?;
         let need = self.val_input_box(region.full_width, region.full_height);
-        let covered = need.left >= region.left
-            && need.top >= region.top
-            && need.left + need.width <= region.left + img.width
-            && need.top + need.height <= region.top + img.height;
-        if !covered {
+        if !region.covers(need) {
             return Err(Error::Shape {
                 what: "decoded region",
                 reason: format!(

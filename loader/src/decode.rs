@@ -126,6 +126,29 @@ pub struct Region<'a> {
     pub full_height: u32,
 }
 
+impl Region<'_> {
+    /// Whether the decoded pixels include all of `b` (in full-image pixels).
+    pub fn covers(&self, b: CropBox) -> bool {
+        b.left >= self.left
+            && b.top >= self.top
+            && b.left + b.width <= self.left + self.image.width
+            && b.top + b.height <= self.top + self.image.height
+    }
+}
+
+impl DecodeOptions {
+    /// Checks the options a pool of decoders is about to be built with (the backend must be in this build).
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        if self.jpeg.is_available() {
+            return Ok(());
+        }
+        Err(crate::Error::Config {
+            what: "JPEG decoder",
+            reason: DecodeError::BackendUnavailable.to_string(),
+        })
+    }
+}
+
 /// The box covering a whole `width` x `height` image.
 pub(crate) fn whole(width: u32, height: u32) -> CropBox {
     CropBox {

@@ -89,6 +89,7 @@ impl DecodePool {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        options.check()?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("imgdecode-{i}"))

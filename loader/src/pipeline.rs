@@ -272,12 +272,7 @@ impl<A: Allocator> LoaderBuilder<A> {
             Transform::Train(t) => t.validate()?,
             Transform::Val(v) => v.validate()?,
         }
-        if !config.decode.jpeg.is_available() {
-            return bad(
-                "JPEG decoder",
-                "libjpeg-turbo is not in this build (enable imgloader's `turbojpeg` feature)",
-            );
-        }
+        config.decode.check()?;
         if self.source.is_empty() {
             return bad("dataset", "the source has no samples");
         }

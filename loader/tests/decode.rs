@@ -826,10 +826,11 @@ fn regions_match_whole_decodes() {
                 let bottom = (want.top + want.height).min(h);
                 let right = (want.left + want.width).min(w);
                 assert!(
-                    r.left <= want.left
-                        && r.top <= want.top
-                        && r.left + r.image.width >= right
-                        && r.top + r.image.height >= bottom,
+                    r.covers(CropBox {
+                        width: right - want.left,
+                        height: bottom - want.top,
+                        ..want
+                    }),
                     "{backend} {}: {want:?} not covered by {}x{} at ({}, {})",
                     c.name,
                     r.image.width,

@@ -175,3 +175,31 @@ fn the_pixel_cap_applies() {
         .unwrap();
     assert_eq!((summary.images, summary.bad), (0, source.len()));
 }
+
+#[test]
+fn a_decoder_missing_from_the_build_is_refused_up_front() {
+    use imgloader::decode::JpegBackend;
+    let source = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
+    for jpeg in [JpegBackend::Zune, JpegBackend::Turbo] {
+        let pool = DecodePool::new(
+            source.clone(),
+            1,
+            DecodeOptions {
+                jpeg,
+                ..DecodeOptions::default()
+            },
+        );
+        if jpeg.is_available() {
+            assert!(pool.is_ok());
+        } else {
+            let err = pool
+                .err()
+                .expect("an unavailable decoder is refused")
+                .to_string();
+            assert!(
+                err.contains("JPEG decoder") && err.contains("`turbojpeg` feature"),
+                "{err}"
+            );
+        }
+    }
+}
