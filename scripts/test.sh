@@ -19,3 +19,5 @@ cargo test --workspace --locked
 echo "== the loader without libjpeg-turbo"
 cargo clippy -p imgloader --all-targets --locked -- -D warnings
 cargo test -p imgloader --locked
+echo "== the loader's API docs (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc -p imgloader --no-deps --locked --features turbojpeg

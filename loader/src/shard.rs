@@ -33,7 +33,7 @@
 //!
 //! # Images
 //!
-//! Without [`Reencode`] the original bytes are copied; each header is checked first ([`probe`]), and a
+//! Without [`Reencode`] the original bytes are copied; each header is checked first ([`probe`](crate::decode::probe)), and a
 //! sample whose bytes are not a JPEG or PNG is bad. A PNG (ImageNet has one named `.JPEG`) is stored as
 //! `<key>.png` because webdataset decoders pick the codec by extension. With [`Reencode`] every image is
 //! decoded (CMYK, grayscale and PNG become RGB), shrunk so its longer side is at most `max_side` (Hamming

@@ -59,7 +59,7 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Class names; label i names classes()[i].
+    /// Class names; label `i` names `classes()[i]`.
     fn classes(&self) -> &[String];
     /// Label of sample `index`. Panics if `index >= len()`.
     fn label(&self, index: usize) -> u32;
