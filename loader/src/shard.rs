@@ -1177,17 +1177,6 @@ mod tests {
         v
     }
 
-    fn psnr(a: &[u8], b: &[u8]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let mse = a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum::<f64>()
-            / a.len() as f64;
-        10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
-    }
-
     #[test]
     fn keys_are_safe_and_sizes_fit() {
         assert_eq!(safe_stem("a/b/n01_12.JPEG"), "n01_12");
@@ -1335,7 +1324,7 @@ mod tests {
                         .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Hamming));
                     resizer.resize(&s, &mut d, &o).unwrap();
                 }
-                let db = psnr(&want, got.pixels);
+                let db = imgfixtures::psnr(&want, got.pixels);
                 assert!(db >= 35.0, "sample {i}: {db:.1} dB");
             }
         }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use imgloader::{Decoder, OpenOptions, Source};
 
-use crate::util::{dataset, fails, ok, psnr, ref_python, run_py, s};
+use imgfixtures::psnr;
+
+use crate::util::{dataset, fails, ok, ref_python, run_py, s};
 
 fn open(p: &Path) -> std::sync::Arc<dyn Source> {
     imgloader::open(p, &OpenOptions::default()).unwrap()

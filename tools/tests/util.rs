@@ -104,15 +104,3 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
-
-/// PSNR in dB between two RGB buffers of the same length.
-pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10()
-}
