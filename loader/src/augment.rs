@@ -76,6 +76,7 @@ fn whole_region(img: ImageView<'_>) -> Region<'_> {
         top: 0,
         full_width: img.width,
         full_height: img.height,
+        warnings: 0,
     }
 }
 

@@ -302,6 +302,7 @@ impl<A: Allocator> LoaderBuilder<A> {
                 config,
                 workers,
                 bad_total: AtomicUsize::new(0),
+                warned_total: AtomicUsize::new(0),
             }),
             order,
             pool,
@@ -383,6 +384,7 @@ struct Shared {
     config: Config,
     workers: Vec<Mutex<Worker>>,
     bad_total: AtomicUsize,
+    warned_total: AtomicUsize,
 }
 
 /// A parallel, deterministic batch loader over a [`Source`].
@@ -439,6 +441,14 @@ impl<A: Allocator> Loader<A> {
     /// Bad samples met so far over the loader's life.
     pub fn bad_samples(&self) -> usize {
         self.shared.bad_total.load(Ordering::Relaxed)
+    }
+
+    /// Samples decoded so far, over the loader's life, whose JPEG data was damaged in a way libjpeg works
+    /// around with a warning (as PIL does: such a file decodes there too, with grey or smeared blocks). They
+    /// are used, not substituted; this says how many there were. Always 0 with zune-jpeg, which refuses
+    /// such files (they are then bad samples).
+    pub fn warned_samples(&self) -> usize {
+        self.shared.warned_total.load(Ordering::Relaxed)
     }
 
     /// Batch buffers allocated so far. It stays at most `prefetch + 1` while the consumer drops each batch
@@ -789,6 +799,12 @@ fn fill_slot(
     })
 }
 
+fn count_warnings(shared: &Shared, region: &crate::decode::Region<'_>) {
+    if region.warnings > 0 {
+        shared.warned_total.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Reads, decodes and transforms sample `index` into `out`, with the random stream of slot `slot_index`.
 fn process(
     shared: &Shared,
@@ -831,6 +847,7 @@ fn process(
                     p.crop
                 })
                 .map_err(decode_err)?;
+            count_warnings(shared, &region);
             let params = params.expect("decode_region calls pick for every decoded image");
             augmenter.train_region(region, params, target)?;
         }
@@ -840,6 +857,7 @@ fn process(
                     augmenter.val_input_box(width, height)
                 })
                 .map_err(decode_err)?;
+            count_warnings(shared, &region);
             augmenter.val_region(region, target)?;
         }
     }

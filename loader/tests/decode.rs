@@ -1209,14 +1209,21 @@ fn every_prefix_and_bit_flip_is_handled_with(mut d: Decoder) {
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let mut variants = 0;
     for (i, file) in files.iter().enumerate() {
-        d.decode(file).unwrap_or_else(|e| panic!("{i}: {e}"));
-        // Every strict prefix of a JPEG lacks its end-of-image marker: an error, never a picture.
+        let whole = d
+            .decode(file)
+            .unwrap_or_else(|e| panic!("{i}: {e}"))
+            .pixels
+            .to_vec();
+        // A strict prefix of a JPEG is an error, never a picture with grey rows: with every scan byte there
+        // and only the end-of-image marker missing, PIL and so libjpeg-turbo decode it, to the whole image.
         for cut in 0..file.len() {
-            assert!(
-                d.decode(&file[..cut]).is_err(),
-                "prefix {cut}/{} decoded",
-                file.len()
-            );
+            if let Ok(img) = d.decode(&file[..cut]) {
+                assert!(
+                    img.pixels == &whole[..],
+                    "prefix {cut}/{} decoded to something else than the whole image",
+                    file.len()
+                );
+            }
             let _ = probe(&file[..cut]);
             variants += 1;
         }
@@ -1362,5 +1369,108 @@ fn decode_throughput() {
          Decoder with zune-jpeg {before:.0} img/s (again after the others: {after:.0}), bare zune-jpeg decode() {bare:.0} img/s, \
          Decoder with libjpeg-turbo {turbo} img/s, PIL open+convert {} img/s",
         pil.unwrap_or_else(|| "(IMG_PYTHON not set)".into())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Damaged JPEGs against PIL's verdict (issue 12: a corrupt file that PIL refuses came back from
+// libjpeg-turbo as decoded, holding the previous image's pixels).
+
+/// The odd fixtures' JPEGs and one photo-like 4:2:0 file, each with its damaged variants.
+fn damaged_corpus() -> Vec<(String, Vec<u8>)> {
+    let mut bases: Vec<(String, Vec<u8>)> = imgfixtures::odd::all()
+        .into_iter()
+        .filter(|f| matches!(f.kind, imgfixtures::odd::OddKind::Jpeg(_)))
+        .map(|f| (f.name.to_string(), f.bytes))
+        .collect();
+    let photo = Jpeg::default().encode(&photo(96, 72, 5, 8), 96, 72, ColorType::Rgb);
+    bases.push(("photo.jpg".into(), photo));
+    let mut out = Vec::new();
+    for (i, (name, good)) in bases.iter().enumerate() {
+        for v in imgfixtures::corrupt::variants(good, i as u64) {
+            out.push((format!("{name}.{}", v.name), v.bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn damaged_jpegs_get_pils_verdict_and_never_stale_pixels() {
+    let Some(python) = crate::support::ref_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = damaged_corpus();
+    let files: Vec<PathBuf> = corpus
+        .iter()
+        .map(|(name, bytes)| {
+            let path = dir.path().join(format!("{name}.jpg"));
+            std::fs::write(&path, bytes).unwrap();
+            path
+        })
+        .collect();
+    let pil = pil_decode(&python, &files);
+    let refused = pil.iter().filter(|r| r.is_err()).count();
+    // A bright image larger than every base file, decoded just before each damaged one: a decoder that
+    // hands back what its buffer held before would hand back this.
+    let decoy = Jpeg::default().encode(&vec![250; 128 * 128 * 3], 128, 128, ColorType::Rgb);
+    let mut failures = Vec::new();
+    for backend in backends() {
+        let mut d = decoder(backend);
+        let (mut stricter, mut warned) = (0, 0);
+        for ((name, bytes), pil) in corpus.iter().zip(&pil) {
+            d.decode(&decoy).unwrap();
+            let whole = |w, h| CropBox {
+                top: 0,
+                left: 0,
+                height: h,
+                width: w,
+            };
+            match (pil, d.decode_region(bytes, whole)) {
+                (Err(why), Ok(_)) => {
+                    failures.push(format!("{backend}: {name}: decoded, PIL refuses ({why})"))
+                }
+                (Ok((w, h, rgb)), Ok(r)) => {
+                    warned += usize::from(r.warnings > 0);
+                    let img = r.image;
+                    if (img.width, img.height) != (*w, *h) {
+                        failures.push(format!(
+                            "{backend}: {name}: {}x{}, PIL {w}x{h}",
+                            img.width, img.height
+                        ));
+                    } else if backend == JpegBackend::Turbo && img.pixels != &rgb[..] {
+                        // libjpeg-turbo is PIL's decoder: damaged or not, the pixels are PIL's.
+                        failures.push(format!("{backend}: {name}: pixels differ from PIL's"));
+                    } else if img.pixels.iter().all(|&v| v == 250) && rgb.iter().any(|&v| v != 250)
+                    {
+                        failures.push(format!("{backend}: {name}: the previous image's pixels"));
+                    }
+                }
+                (Ok(_), Err(e)) if backend == JpegBackend::Turbo => {
+                    // Our header walk may refuse what it does not support; libjpeg itself may not refuse.
+                    if matches!(
+                        e,
+                        DecodeError::Unsupported { .. } | DecodeError::Malformed { .. }
+                    ) {
+                        stricter += 1;
+                    } else {
+                        failures.push(format!("{backend}: {name}: refused ({e}), PIL decodes it"));
+                    }
+                }
+                (Ok(_), Err(_)) => stricter += 1,
+                (Err(_), Err(_)) => {}
+            }
+        }
+        eprintln!(
+            "{backend}: {} damaged files, PIL refuses {refused}; decoded with warnings {warned}; refused although \
+             PIL decodes {stricter}",
+            corpus.len()
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
 }

@@ -546,3 +546,75 @@ fn bad_settings_are_refused_by_name() {
         assert!(err(Loader::builder(source).decode_options(turbo)).contains("turbojpeg"));
     }
 }
+
+/// Issue 12: a damaged JPEG must never put another image's pixels in its slot. Every slot of every batch
+/// holds exactly what a fresh decoder makes of the sample the batch names for it (the substitute, when the
+/// slot's own sample was refused), whatever the worker decoded before.
+#[test]
+fn damaged_samples_never_leave_stale_pixels() {
+    let good = imgfixtures::odd::all()
+        .into_iter()
+        .find(|f| f.name == "rgb.jpg")
+        .unwrap()
+        .bytes;
+    let dir = with_bad_files(&[]);
+    for (i, v) in imgfixtures::corrupt::variants(&good, 9).iter().enumerate() {
+        let class = format!("n0000000{}", i % 4);
+        std::fs::write(
+            dir.path().join(class).join(format!("zz_{}.JPEG", v.name)),
+            &v.bytes,
+        )
+        .unwrap();
+    }
+    let source = open(dir.path(), &OpenOptions::default()).unwrap();
+    let val = ValAugment {
+        resize: 56,
+        crop: 48,
+    };
+    for backend in backends() {
+        let loader = Loader::builder(source.clone())
+            .batch_size(7)
+            .threads(2)
+            .transform(Transform::Val(val))
+            .decode_options(DecodeOptions {
+                jpeg: backend,
+                ..DecodeOptions::default()
+            })
+            .bad_samples(BadSamples::Skip {
+                max_total: 10_000,
+                max_consecutive: 64,
+            })
+            .seed(5)
+            .build()
+            .unwrap();
+        let mut aug = Augmenter::new(TrainAugment::default(), val).unwrap();
+        let mut bytes = Vec::new();
+        let (mut slots, mut substituted) = (0, 0);
+        for batch in loader.epoch(0) {
+            let batch = batch.unwrap();
+            substituted += batch.bad.len();
+            let slot = batch.pixels().len() / batch.len;
+            let mut want = vec![0u8; slot];
+            for (i, &index) in batch.indices.iter().enumerate() {
+                // A fresh decoder: nothing it could hand back but this sample's pixels.
+                let mut fresh = decoder(backend);
+                let img = fresh
+                    .decode(source.bytes(index, &mut bytes).unwrap())
+                    .unwrap();
+                aug.val(img, &mut want).unwrap();
+                assert!(
+                    batch.pixels()[i * slot..][..slot] == want[..],
+                    "{backend}: slot {i} does not hold sample {index} ({})",
+                    source.name(index)
+                );
+                slots += 1;
+            }
+        }
+        assert_eq!(slots, source.len());
+        assert!(substituted > 0, "{backend}: no damaged file was refused");
+        eprintln!(
+            "{backend}: {slots} slots, {substituted} substituted, {} decoded with libjpeg warnings",
+            loader.warned_samples()
+        );
+    }
+}
