@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-#[allow(dead_code, clippy::all)]
+#[allow(dead_code)]
 #[path = "../fuzz/src/lib.rs"]
 mod bodies;
 
@@ -93,7 +93,7 @@ fn run(target: &str, body: fn(&[u8])) {
     let iters: usize = std::env::var("IMG_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(1500);
     let mut rng = ChaCha8Rng::seed_from_u64(0x5eed ^ target.len() as u64);
     for i in 0..iters {
         let mut input = seeds[i % seeds.len()].clone();
