@@ -140,19 +140,24 @@ fn edges_crc(tar: &TarFile) -> std::io::Result<u32> {
 
 /// CRC-32 of the 512-byte tar headers in front of up to `SAMPLED` records spread evenly over `count`
 /// records; `offset(i)` is record i's data offset. The header of a member is the block right before its
-/// data (long-name and pax headers come before that one).
+/// data (long-name and pax headers come before that one). Read in file order, kinder to a disk than the
+/// records' (sample) order.
 fn headers_crc(tar: &TarFile, count: usize, offset: impl Fn(usize) -> u64) -> std::io::Result<u32> {
     let n = count.min(SAMPLED);
-    let mut h = crc32fast::Hasher::new();
-    let mut block = [0u8; BLOCK as usize];
-    for j in 0..n {
-        let at = offset(j * count / n).checked_sub(BLOCK).ok_or_else(|| {
+    let mut at = [0u64; SAMPLED];
+    for (j, a) in at[..n].iter_mut().enumerate() {
+        *a = offset(j * count / n).checked_sub(BLOCK).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "a record's data starts before any header",
             )
         })?;
-        tar.read_at(&mut block, at)?;
+    }
+    at[..n].sort_unstable();
+    let mut h = crc32fast::Hasher::new();
+    let mut block = [0u8; BLOCK as usize];
+    for &a in &at[..n] {
+        tar.read_at(&mut block, a)?;
         h.update(&block);
     }
     Ok(h.finalize())
