@@ -47,6 +47,22 @@ pub enum Error {
         offset: u64,
         reason: String,
     },
+    /// A member's bytes could not be read from its archive: the archive shrank since it was indexed (a
+    /// short read), or an I/O error. `member` is its path (`inner tar › member` in a tar of tars); `offset`
+    /// is where its data starts in `archive`.
+    #[error("{}: cannot read member `{member}` ({len} bytes at byte {offset})", archive.display())]
+    Member {
+        archive: PathBuf,
+        member: String,
+        offset: u64,
+        len: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path that must be a regular file (a tar, an image, a labels file) is a FIFO, a socket, a device
+    /// or a folder. Checked before opening: opening a FIFO for reading waits for a writer, forever.
+    #[error("{}: is a {kind}, not a regular file", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
     /// A compressed file where random access needs an uncompressed tar. `member` names an inner tar.
     #[error(
         "{}{}: {kind}-compressed; tars are read in place with random access, which needs an \

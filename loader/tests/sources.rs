@@ -970,14 +970,17 @@ fn idx(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.idx", path.display()))
 }
 
-/// Rewrites the checksum of an index file after a hand edit (format v1: crc32 of bytes 0..164 and 168..,
-/// stored little-endian at 164).
+/// Where an index's records start (format v2: after the 176-byte header).
+const RECORDS_AT: usize = 176;
+
+/// Rewrites the checksum of an index file after a hand edit (format v2: crc32 of bytes 0..172 and 176..,
+/// stored little-endian at 172).
 fn fix_checksum(bytes: &mut [u8]) {
     let mut h = crc32fast::Hasher::new();
-    h.update(&bytes[..164]);
-    h.update(&bytes[168..]);
+    h.update(&bytes[..172]);
+    h.update(&bytes[176..]);
     let crc = h.finalize();
-    bytes[164..168].copy_from_slice(&crc.to_le_bytes());
+    bytes[172..176].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn assert_rebuilt(report: &OpenReport, why: &str) {
@@ -1092,26 +1095,36 @@ fn damaged_indexes_are_detected_and_never_trusted() {
     };
     // One corrupt byte in a record.
     let mut b = good.clone();
-    b[168 + 5] ^= 0x40;
+    b[RECORDS_AT + 5] ^= 0x40;
     check(&b, "checksum");
     // Truncated, in the records and in the header.
     check(&good[..good.len() - 7], "truncated");
     check(&good[..100], "truncated");
     // A record pointing past the end of the tar, with a valid checksum.
     let mut b = good.clone();
-    b[168..176].copy_from_slice(&(tar_len - 3).to_le_bytes());
+    b[RECORDS_AT..RECORDS_AT + 8].copy_from_slice(&(tar_len - 3).to_le_bytes());
     fix_checksum(&mut b);
     check(&b, "past the end");
     // A label outside the class table, with a valid checksum.
     let mut b = good.clone();
-    b[168 + 16..168 + 20].copy_from_slice(&7u32.to_le_bytes());
+    b[RECORDS_AT + 16..RECORDS_AT + 20].copy_from_slice(&7u32.to_le_bytes());
     fix_checksum(&mut b);
     check(&b, "out of range");
-    // Another format version.
+    // An older format version (v1 trusted size and mtime alone), and a newer one.
     let mut b = good.clone();
-    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
     fix_checksum(&mut b);
-    check(&b, "version");
+    check(&b, "format version 1, older");
+    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "format version 3, newer");
+    // The content fingerprints (first and last 64 KiB, sampled headers) no longer matching.
+    for at in [164, 168] {
+        let mut b = good.clone();
+        b[at] ^= 1;
+        fix_checksum(&mut b);
+        check(&b, "another tar");
+    }
     // Not an index at all.
     check(b"hello", "truncated");
 }
@@ -1151,7 +1164,7 @@ fn index_falls_back_to_the_cache_folder() {
     );
 }
 
-/// Indexing speed: `cargo test --release -p imgloader --test sources -- --ignored --nocapture index_speed`.
+/// Indexing speed: `cargo test --release -p imgloader --test tests -- --ignored --nocapture index_speed`.
 #[test]
 #[ignore]
 fn index_speed() {
@@ -1194,4 +1207,295 @@ fn index_speed() {
         n as f64 / build.as_secs_f64(),
         load.as_secs_f64() * 1e3
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Regression tests of the tar-robustness issue (items 2-6): a tar that changes under us, a foreign index,
+// absurd class ids and header sizes, and files that are not regular files. Each must end in an error that
+// names the culprit, promptly: never a crash, a hang, an abort or wrong bytes.
+
+/// Runs `f` on a thread of its own and waits at most `secs` for it: a regression that hangs fails here
+/// instead of hanging the test run (the stuck thread is left behind).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what}: no answer within {secs} s (hangs?)"))
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// Issue item 2: a tar truncated while a source has it open. Members before the cut still read; those past
+/// it are an error naming the archive, the member and its offset. Reading them through a memory map
+/// killed the process with SIGBUS.
+#[test]
+fn issue_tar_truncated_while_open_is_an_error_not_sigbus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = small_tar(&tmp.path().join("train.tar"), 40);
+    let (src, _) = open_ok(&tar, &opts(tmp.path()));
+    // Each member takes 1024 bytes (header + one block); cut on a page boundary, so that a map would lose
+    // whole pages.
+    let cut = 8192;
+    fs::File::options()
+        .write(true)
+        .open(&tar)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let mut scratch = Vec::new();
+    let (mut read, mut refused) = (0, 0);
+    for i in 0..src.len() {
+        let name = src.name(i);
+        let n: usize = name[name.len() - 7..name.len() - 4].parse().unwrap();
+        match src.bytes(i, &mut scratch) {
+            Ok(b) => {
+                assert_eq!(b, format!("image {n}").as_bytes(), "{name}");
+                read += 1;
+            }
+            Err(e) => {
+                let msg = imgloader::error::chain(&e);
+                let member = name.rsplit(" › ").next().unwrap();
+                assert!(
+                    msg.contains(&*tar.to_string_lossy()) && msg.contains(member),
+                    "{msg}"
+                );
+                // Member n: header at n * 1024, data right after it.
+                let offset = n as u64 * 1024 + 512;
+                assert!(msg.contains(&format!("byte {offset}")), "{msg}");
+                assert!(
+                    offset + 9 > cut,
+                    "{name} at {offset} should have been readable"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((read, refused), (8, 32));
+    // Reopened, the index is stale and the rebuild finds the cut.
+    let err = open(&tar, &opts(tmp.path())).unwrap_err();
+    let msg = imgloader::error::chain(&err);
+    assert!(
+        msg.contains("truncated") && msg.contains("train.tar"),
+        "{msg}"
+    );
+}
+
+/// `n` members `c<i%3>/img<i>.jpg` of different sizes, written in `order`: the same members in another
+/// order make a tar of the same size whose members lie at other offsets.
+fn sized_tar(path: &Path, n: usize, order: impl Fn(usize) -> usize) -> PathBuf {
+    let mut t = TarWriter::default();
+    for k in 0..n {
+        let i = order(k);
+        let len = 1 + (i * 379) % 1500;
+        t.file(&format!("c{}/img{i:03}.jpg", i % 3), &vec![i as u8; len]);
+    }
+    t.write(path)
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+/// Issue item 3: an index sidecar copied from another tar of the same size and mtime is detected (by the
+/// tar's first and last 64 KiB, and by sampled member headers) and rebuilt; the samples are right.
+#[test]
+fn issue_foreign_index_with_same_size_and_mtime_is_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let check = |n: usize, reversed: &dyn Fn(usize) -> usize, why: &str| {
+        let a = sized_tar(&tmp.path().join("a.tar"), n, |i| i);
+        let b = sized_tar(&tmp.path().join("b.tar"), n, reversed);
+        assert_eq!(
+            fs::metadata(&a).unwrap().len(),
+            fs::metadata(&b).unwrap().len()
+        );
+        set_mtime(&a, when);
+        set_mtime(&b, when);
+        let (_, built) = open_ok(&a, &opts(tmp.path()));
+        assert_eq!(built.indexes_built, 1);
+        fs::copy(idx(&a), idx(&b)).unwrap();
+        let (src, report) = open_ok(&b, &opts(tmp.path()));
+        assert_rebuilt(&report, why);
+        let mut scratch = Vec::new();
+        for i in 0..src.len() {
+            let name = src.name(i);
+            let k: usize = name[name.len() - 7..name.len() - 4].parse().unwrap();
+            let bytes = src.bytes(i, &mut scratch).unwrap();
+            assert_eq!(bytes, vec![k as u8; 1 + (k * 379) % 1500], "{name}");
+        }
+        // The rebuilt sidecar is b's own and is used as it is from now on.
+        let (_, again) = open_ok(&b, &opts(tmp.path()));
+        assert_eq!(again.indexes_loaded, 1, "{again:?}");
+    };
+    // Small tars, the other in reverse order: the first and last 64 KiB differ.
+    check(30, &|k| 29 - k, "another tar");
+    // Large tars that agree in their first and last 64 KiB, middle members in reverse order: the sampled
+    // member headers differ.
+    let n = 400;
+    check(
+        n,
+        &|k| {
+            if (80..n - 80).contains(&k) {
+                n - 1 - k
+            } else {
+                k
+            }
+        },
+        "another tar",
+    );
+}
+
+/// Issue item 4: a `.cls` of 4294967294 made the loader allocate four billion class names and abort.
+/// Class ids are capped; the error names the shard and the member.
+#[test]
+fn issue_absurd_class_ids_are_refused_naming_shard_and_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (value, manifest) in [
+        ("4294967294", false),
+        ("4294967294", true),
+        ("16777216", false),
+        ("2000000", false),
+    ] {
+        let dir = tmp.path().join(format!("shards-{value}-{manifest}"));
+        fs::create_dir_all(&dir).unwrap();
+        let mut t = TarWriter::default();
+        t.file("a.jpg", b"a")
+            .file("a.cls", b"0")
+            .file("b.jpg", b"b")
+            .file("b.cls", value.as_bytes());
+        let shard = t.write(&dir.join("s0.tar"));
+        if manifest {
+            fs::write(dir.join("classes.txt"), "cat\ndog\n").unwrap();
+        }
+        let err = within(20, "opening absurd shards", move || {
+            open(&dir, &OpenOptions::default())
+                .map(|s| s.classes().len())
+                .map_err(|e| imgloader::error::chain(&e))
+        })
+        .unwrap_err();
+        assert!(
+            err.contains(&*shard.to_string_lossy()) && err.contains("b.cls") && err.contains(value),
+            "{value}: {err}"
+        );
+    }
+}
+
+/// A tar whose first member is an extension header of type `kind` claiming `claim` bytes; the file is made
+/// that long (sparse), so that a reader that believes the claim has that much to read.
+fn claiming_tar(path: &Path, kind: EntryType, claim: u64) -> PathBuf {
+    let mut h = Header::new_ustar();
+    h.set_path("././@LongLink").unwrap();
+    h.set_size(claim);
+    h.set_entry_type(kind);
+    h.set_cksum();
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(h.as_bytes()).unwrap();
+    let mut t = TarWriter::default();
+    t.file("c/x.jpg", b"x");
+    let after = 512 + claim.div_ceil(512) * 512;
+    f.set_len(after).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(after)).unwrap();
+    f.write_all(&t.bytes()).unwrap();
+    path.to_owned()
+}
+
+/// Issue item 5: long-name and pax headers claiming hundreds of MB were read into memory. Their payload
+/// is capped; the archive is refused at once with its name and the header's offset.
+#[test]
+fn issue_huge_long_name_and_pax_headers_are_refused_promptly() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, what) in [
+        (EntryType::GNULongName, "long-name"),
+        (EntryType::XHeader, "pax"),
+        (EntryType::XGlobalHeader, "pax"),
+    ] {
+        let path = claiming_tar(
+            &tmp.path()
+                .join(format!("{what}-{}.tar", kind.as_byte() as char)),
+            kind,
+            300_000_000,
+        );
+        let cache = tmp.path().to_owned();
+        let start = std::time::Instant::now();
+        let err = within(20, what, move || {
+            open(&path, &opts(&cache))
+                .map(|s| s.len())
+                .map_err(|e| (imgloader::error::chain(&e), path))
+        })
+        .unwrap_err();
+        let (msg, path) = err;
+        assert!(
+            msg.contains(&*path.to_string_lossy())
+                && msg.contains("at byte 0")
+                && msg.contains(what)
+                && msg.contains("300000000")
+                && msg.contains("65536"),
+            "{msg}"
+        );
+        assert!(start.elapsed().as_secs_f64() < 2.0, "{:?}", start.elapsed());
+    }
+}
+
+/// Issue item 6: a FIFO named like a tar hung `open` (opening a FIFO for reading waits for a writer). The
+/// type is checked first; a FIFO image inside a class folder is skipped at open and refused at read, and
+/// a FIFO labels file is refused too.
+#[test]
+fn issue_fifos_are_refused_without_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("train.tar");
+    mkfifo(&fifo);
+    let cache = tmp.path().to_owned();
+    let msg = within(10, "opening a FIFO tar", {
+        let (fifo, cache) = (fifo.clone(), cache.clone());
+        move || imgloader::error::chain(&open(&fifo, &opts(&cache)).unwrap_err())
+    });
+    assert!(
+        msg.contains(&*fifo.to_string_lossy()) && msg.contains("FIFO"),
+        "{msg}"
+    );
+
+    // A FIFO labels file for a flat tar.
+    let (_, imgs) = dataset();
+    let val = write_flat_tar(&tmp.path().join("val.tar"), &imgs);
+    let labels = tmp.path().join("labels.txt");
+    mkfifo(&labels);
+    let msg = within(10, "a FIFO labels file", {
+        let (val, labels, cache) = (val.clone(), labels.clone(), cache.clone());
+        move || {
+            imgloader::error::chain(&open(&val, &with_labels(&cache, &labels, None)).unwrap_err())
+        }
+    });
+    assert!(
+        msg.contains(&*labels.to_string_lossy()) && msg.contains("FIFO"),
+        "{msg}"
+    );
+
+    // A FIFO among the images of a class folder: skipped (and counted) when the folder is listed.
+    let root = tmp.path().join("folder");
+    fs::create_dir_all(root.join("c1")).unwrap();
+    fs::write(root.join("c1/a.jpg"), b"a").unwrap();
+    fs::write(root.join("c1/b.jpg"), b"b").unwrap();
+    mkfifo(&root.join("c1/pipe.jpg"));
+    let (src, report) = within(10, "a FIFO in a class folder", {
+        let root = root.clone();
+        move || open_with_report(&root, &OpenOptions::default()).map_err(|e| e.to_string())
+    })
+    .unwrap();
+    assert_eq!((src.len(), report.skipped.devices), (2, 1));
+    // An image replaced by a FIFO after the listing: reading it is an error, not a wait.
+    fs::remove_file(root.join("c1/b.jpg")).unwrap();
+    mkfifo(&root.join("c1/b.jpg"));
+    let msg = within(10, "reading a FIFO image", move || {
+        imgloader::error::chain(&src.bytes(1, &mut Vec::new()).unwrap_err())
+    });
+    assert!(msg.contains("b.jpg") && msg.contains("FIFO"), "{msg}");
 }

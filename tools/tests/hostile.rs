@@ -1,9 +1,9 @@
 //! Hostile input to `imgtool shard` (and the readers under it): clear errors, no panic, nothing written
 //! outside --out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::util::{dataset, fails, ok, s, tree};
+use crate::util::{dataset, fails, imgtool_within, mkfifo, ok, s, tree};
 
 /// A tar header for `name` with `size`, of type `kind`, with a valid checksum.
 fn header(name: &[u8], size: u64, kind: tar::EntryType, link: Option<&str>) -> tar::Header {
@@ -147,4 +147,175 @@ fn broken_archives_are_refused_cleanly() {
     let outer_path = t.path().join("outer.tar");
     std::fs::write(&outer_path, &outer).unwrap();
     refused(t.path(), &outer_path, &["outer.tar", "n01.tar"]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Regression tests of the tar-robustness issue (items 2, 3 and 6), through the command line.
+
+/// Every subcommand that reads a dataset, on `src` (with `--out` under `t` where one is needed).
+fn readers(src: &str, out: &str) -> Vec<Vec<String>> {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        v(&["index", src]),
+        v(&["verify", src]),
+        v(&["stats", src]),
+        v(&["shard", src, "--out", out]),
+        v(&["bench", src, "--max-images", "8", "-b", "4"]),
+    ]
+}
+
+/// Issue item 6: a FIFO named train.tar hung every subcommand (opening a FIFO waits for a writer). Each
+/// now refuses it at once, naming it.
+#[test]
+fn issue_fifo_named_like_a_tar_is_refused_by_every_subcommand() {
+    let t = tempfile::tempdir().unwrap();
+    let fifo = t.path().join("train.tar");
+    mkfifo(&fifo);
+    let out = t.path().join("out");
+    for args in readers(s(&fifo), s(&out)) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = imgtool_within(&args, 10);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains("train.tar") && stderr.contains("FIFO") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Issue item 6: a FIFO among the images of a class folder is skipped and counted, never read.
+#[test]
+fn issue_fifo_in_a_class_folder_is_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let d = dataset(&t.path().join("d"), 2);
+    let train = d.join("train");
+    let class = std::fs::read_dir(&train)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    mkfifo(&class.join("zz-pipe.JPEG"));
+    let out = t.path().join("out");
+    for args in readers(s(&train), s(&out)) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = imgtool_within(&args, 60);
+        assert!(
+            run.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        if args[0] == "index" {
+            let stdout = String::from_utf8_lossy(&run.stdout);
+            assert!(stdout.contains("1 device or fifo"), "{stdout}");
+        }
+    }
+}
+
+/// Issue item 2: a tar truncated while `imgtool verify` reads it killed it with SIGBUS (its members were
+/// read through a memory map). Now the members past the cut are bad files naming the archive and the
+/// member; a tar cut before verify starts has a stale index and fails at the rescan, naming the archive.
+#[test]
+fn issue_tar_truncated_during_verify_is_an_error_not_sigbus() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::tempdir().unwrap();
+    let cfg = imgfixtures::SynthConfig {
+        classes: 3,
+        train_per_class: 100,
+        val_per_class: 1,
+        min_side: 300,
+        max_side: 500,
+        ..Default::default()
+    };
+    imgfixtures::write_dataset(&cfg, t.path()).unwrap();
+    let tar = t.path().join("train.tar");
+    let len = std::fs::metadata(&tar).unwrap().len();
+    let _ = ok(&["index", s(&tar)]);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_imgtool"))
+        .args(["verify", s(&tar), "-j", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it open the index and start decoding, then cut the tar to a third.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    std::fs::File::options()
+        .write(true)
+        .open(&tar)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let run = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(run.status.signal(), None, "killed by a signal: {text}");
+    assert!(!run.status.success(), "{text}");
+    assert!(
+        text.contains("train.tar") && !text.contains("panicked"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unreadable") && text.contains("cannot read member")
+            || text.contains("truncated"),
+        "{text}"
+    );
+
+    // Cut before it starts: the index is stale, the rescan finds the cut.
+    let (_, err) = fails(&["verify", s(&tar)]);
+    assert!(
+        err.contains("train.tar") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+/// A tar of the files under `dir` (relative names, fixed metadata), in the order given.
+fn tar_of(dir: &Path, files: &[PathBuf], dest: &Path) {
+    let mut b = tar::Builder::new(Vec::new());
+    for f in files {
+        let data = std::fs::read(f).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        b.append_data(&mut h, f.strip_prefix(dir).unwrap(), &data[..])
+            .unwrap();
+    }
+    std::fs::write(dest, b.into_inner().unwrap()).unwrap();
+}
+
+/// Issue item 3: the sidecar of another tar with the same size and mtime was trusted, and verify then
+/// read the wrong bytes and reported false bad files. It is detected and rebuilt.
+#[test]
+fn issue_foreign_sidecar_with_same_size_and_mtime_is_rebuilt() {
+    let t = tempfile::tempdir().unwrap();
+    let d = dataset(&t.path().join("d"), 4);
+    let train = d.join("train");
+    let mut files: Vec<PathBuf> = tree(&train).iter().map(|f| train.join(f)).collect();
+    let (a, b) = (t.path().join("a.tar"), t.path().join("b.tar"));
+    tar_of(&train, &files, &a);
+    files.reverse();
+    tar_of(&train, &files, &b);
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for p in [&a, &b] {
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(when).unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&a).unwrap().len(),
+        std::fs::metadata(&b).unwrap().len()
+    );
+    let _ = ok(&["index", s(&a)]);
+    std::fs::copy(t.path().join("a.tar.idx"), t.path().join("b.tar.idx")).unwrap();
+    let verified = ok(&["verify", s(&b)]);
+    assert!(!verified.contains("bad files"), "{verified}");
+    // verify rebuilt it: b's own index is now used as it is.
+    let again = ok(&["index", s(&b)]);
+    assert!(again.contains("nothing rescanned"), "{again}");
+    // Copied again, `imgtool index` says why it does not use it.
+    std::fs::copy(t.path().join("a.tar.idx"), t.path().join("b.tar.idx")).unwrap();
+    let noted = ok(&["index", s(&b)]);
+    assert!(noted.contains("another tar"), "{noted}");
 }

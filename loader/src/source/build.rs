@@ -3,12 +3,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
+use super::file::TarFile;
 use super::tarscan::{self, Member};
 use super::{FileKind, Skipped, ext_kind, file_kind, push_limited, split_dir};
 use crate::error::{Error, Result};
 
 /// "No label" / "no group" in a record.
 pub(crate) const NONE: u32 = u32::MAX;
+
+/// Webdataset `.cls` values must be below this: 2^24 (16.7 M) classes, four times the largest labelled
+/// set we know of (WebFace260M, 4 M identities). Class ids are indices into a class table that readers
+/// allocate; a larger value is a corrupt or hostile `.cls` (4294967294 used to abort the process).
+pub(crate) const MAX_CLASSES: u32 = 1 << 24;
+
+/// The most bytes a `.cls` member may have: it holds a class index as decimal text.
+const MAX_CLS_BYTES: u64 = 1024;
 
 /// What the caller expects the tar to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +148,11 @@ fn is_image_file(path: &str, e: &Ent) -> bool {
     !e.is_dir && !hidden(path) && file_kind(basename(path)) == FileKind::Image
 }
 
+/// The webdataset key of a member path (see [`wds_split`]).
+pub(crate) fn wds_key(path: &str) -> &str {
+    wds_split(path).0
+}
+
 /// Webdataset splits a member name at the first dot of its base name: `dir/a.b.jpg` is key `dir/a`,
 /// extension `b.jpg`.
 fn wds_split(path: &str) -> (&str, &str) {
@@ -152,11 +166,12 @@ fn wds_split(path: &str) -> (&str, &str) {
     }
 }
 
-/// Builds the index contents of the tar in `data` (the whole file `archive`).
-pub(crate) fn build(data: &[u8], archive: &Path, mode: Mode) -> Result<Built> {
+/// Builds the index contents of the tar `tar`.
+pub(crate) fn build(tar: &TarFile, mode: Mode) -> Result<Built> {
+    let archive = tar.path.as_path();
     let mut out = Built::default();
     let mut list = Listing::default();
-    out.members = tarscan::scan(data, 0, archive, None, &mut out.skipped, |m| {
+    out.members = tarscan::scan(tar, 0, tar.size, None, &mut out.skipped, |m| {
         list.push(m);
         Ok(())
     })?;
@@ -180,14 +195,14 @@ pub(crate) fn build(data: &[u8], archive: &Path, mode: Mode) -> Result<Built> {
     });
     match mode {
         Mode::Flat => flat(&list, archive, &mut out)?,
-        Mode::Shard | Mode::Auto if has_cls => webdataset(&list, data, archive, &mut out)?,
+        Mode::Shard | Mode::Auto if has_cls => webdataset(&list, tar, &mut out)?,
         Mode::Shard => {
             return Err(Error::Layout {
                 path: archive.to_owned(),
                 reason: "not a webdataset shard: no `.cls` label members".into(),
             });
         }
-        Mode::Auto if !has_images && has_tars => tar_of_tars(&list, data, archive, &mut out)?,
+        Mode::Auto if !has_images && has_tars => tar_of_tars(&list, tar, &mut out)?,
         Mode::Auto => class_folders(&list, archive, &mut out)?,
     }
     if out.records.is_empty() {
@@ -337,7 +352,8 @@ fn empty_classes(archive: &Path, classes: &[String], seen: &[bool]) -> Result<()
     }
 }
 
-fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> Result<()> {
+fn tar_of_tars(list: &Listing, tar: &TarFile, out: &mut Built) -> Result<()> {
+    let archive = tar.path.as_path();
     out.kind = Some(Kind::TarOfTars);
     let mut inner: BTreeMap<String, &Ent> = BTreeMap::new();
     for e in &list.ents {
@@ -368,9 +384,12 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
         let inner_path = list.path(e);
         out.classes.push(class);
         out.groups.push(inner_path.to_owned());
-        // Entries are in bounds: the scan checked every member against the end of `data`.
-        let bytes = &data[e.offset as usize..(e.offset + e.len) as usize];
-        if let Some((kind, cmd)) = tarscan::compression(bytes) {
+        let (head, n) = tarscan::head(tar, e.offset, e.len).map_err(|err| Error::Archive {
+            archive: archive.to_owned(),
+            offset: e.offset,
+            reason: format!("cannot read inner tar `{inner_path}`: {err}"),
+        })?;
+        if let Some((kind, cmd)) = tarscan::compression(&head[..n]) {
             return Err(Error::Compressed {
                 path: archive.to_owned(),
                 member: Some(inner_path.to_owned()),
@@ -383,9 +402,9 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
         }
         let mut members = Listing::default();
         out.members += tarscan::scan(
-            bytes,
+            tar,
             e.offset,
-            archive,
+            e.offset + e.len,
             Some(inner_path),
             &mut out.skipped,
             |m| {
@@ -411,7 +430,9 @@ fn tar_of_tars(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> 
     empty_classes(archive, &out.classes, &seen)
 }
 
-fn webdataset(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> Result<()> {
+fn webdataset(list: &Listing, tar: &TarFile, out: &mut Built) -> Result<()> {
+    let archive = tar.path.as_path();
+    let mut cls = [0u8; MAX_CLS_BYTES as usize];
     out.kind = Some(Kind::Webdataset);
     #[derive(Default)]
     struct Sample<'a> {
@@ -427,18 +448,35 @@ fn webdataset(list: &Listing, data: &[u8], archive: &Path, out: &mut Built) -> R
         }
         let (key, ext) = wds_split(path);
         if ext.eq_ignore_ascii_case("cls") {
-            let bytes = &data[e.offset as usize..(e.offset + e.len) as usize];
-            let label = std::str::from_utf8(bytes)
+            let bad = |reason: String| Error::Archive {
+                archive: archive.to_owned(),
+                offset: e.offset,
+                reason: format!("`{path}`: {reason}"),
+            };
+            if e.len > MAX_CLS_BYTES {
+                return Err(bad(format!(
+                    "a .cls member holds a decimal class index, this one has {} bytes",
+                    e.len
+                )));
+            }
+            let bytes = &mut cls[..e.len as usize];
+            tar.read_at(bytes, e.offset)
+                .map_err(|err| bad(format!("cannot read: {err}")))?;
+            let text = std::str::from_utf8(bytes).ok().map(str::trim);
+            let label = text.and_then(|t| t.parse::<u64>().ok()).ok_or_else(|| {
+                bad(format!(
+                    "a .cls member must hold a decimal class index, found {:?}",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+                ))
+            })?;
+            let label = u32::try_from(label)
                 .ok()
-                .and_then(|t| t.trim().parse::<u32>().ok())
-                .filter(|&l| l != NONE)
-                .ok_or_else(|| Error::Archive {
-                    archive: archive.to_owned(),
-                    offset: e.offset,
-                    reason: format!(
-                        "`{path}`: a .cls member must hold a decimal class index, found {:?}",
-                        String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
-                    ),
+                .filter(|&l| l < MAX_CLASSES)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "class id {label} is out of range: class ids index a class table and must be below \
+                         {MAX_CLASSES} (2^24)"
+                    ))
                 })?;
             by_key.entry(key).or_default().label = Some(label);
             out.skipped.non_image += 1;

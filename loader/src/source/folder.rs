@@ -296,9 +296,10 @@ impl Source for FolderSource {
         use std::io::Read;
         let path = self.path(index);
         scratch.clear();
-        fs::File::open(&path)
-            .and_then(|mut f| f.read_to_end(scratch))
-            .map_err(io_err(&path))?;
+        // The listing skipped non-regular files, but one may have been swapped in since: `open_regular`
+        // refuses it rather than wait on a FIFO.
+        let (mut file, _) = super::file::open_regular(&path)?;
+        file.read_to_end(scratch).map_err(io_err(&path))?;
         Ok(scratch)
     }
 

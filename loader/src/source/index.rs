@@ -8,17 +8,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
-use super::build::{self, Built, Kind, Mode, NONE};
+use super::build::{self, Built, Kind, MAX_CLASSES, Mode, NONE};
+use super::file::TarFile;
 use super::{IndexPolicy, OpenOptions, OpenReport, Skipped};
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: [u8; 8] = *b"IMGTIDX\n";
-pub(crate) const VERSION: u32 = 1;
-const HEADER: usize = 168;
-const CRC_AT: usize = 164;
+pub(crate) const VERSION: u32 = 2;
+const HEADER: usize = 176;
+const EDGES_AT: usize = 164;
+const HEADERS_AT: usize = 168;
+const CRC_AT: usize = 172;
 const RECORD: usize = 32;
 const STR_REF: usize = 8;
 const SKIP_SLOTS: usize = 12;
+
+/// Bytes at each end of the tar covered by the index's edges CRC.
+const EDGE: u64 = 64 * 1024;
+/// Records whose tar headers are re-read when an index is loaded.
+const SAMPLED: usize = 32;
+/// A tar header.
+const BLOCK: u64 = 512;
 
 /// Index bytes: a map of a sidecar, or built in memory.
 #[derive(Debug)]
@@ -116,12 +126,58 @@ pub(crate) fn checksum(bytes: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Serialises `built` for a tar of `tar_size` bytes modified at `tar_mtime` (ns since the epoch).
-pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) -> Result<Vec<u8>> {
+/// CRC-32 of the tar's first `EDGE` bytes followed by its last `EDGE` bytes (overlapping in a small tar).
+fn edges_crc(tar: &TarFile) -> std::io::Result<u32> {
+    let n = tar.size.min(EDGE);
+    let mut buf = vec![0u8; n as usize];
+    let mut h = crc32fast::Hasher::new();
+    for at in [0, tar.size - n] {
+        tar.read_at(&mut buf, at)?;
+        h.update(&buf);
+    }
+    Ok(h.finalize())
+}
+
+/// CRC-32 of the 512-byte tar headers in front of up to `SAMPLED` records spread evenly over `count`
+/// records; `offset(i)` is record i's data offset. The header of a member is the block right before its
+/// data (long-name and pax headers come before that one). Read in file order, kinder to a disk than the
+/// records' (sample) order.
+fn headers_crc(tar: &TarFile, count: usize, offset: impl Fn(usize) -> u64) -> std::io::Result<u32> {
+    let n = count.min(SAMPLED);
+    let mut at = [0u64; SAMPLED];
+    for (j, a) in at[..n].iter_mut().enumerate() {
+        *a = offset(j * count / n).checked_sub(BLOCK).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a record's data starts before any header",
+            )
+        })?;
+    }
+    at[..n].sort_unstable();
+    let mut h = crc32fast::Hasher::new();
+    let mut block = [0u8; BLOCK as usize];
+    for &a in &at[..n] {
+        tar.read_at(&mut block, a)?;
+        h.update(&block);
+    }
+    Ok(h.finalize())
+}
+
+/// Serialises `built` for `tar` (its size, mtime and content fingerprint).
+fn encode(built: &Built, tar: &TarFile, path: &Path) -> Result<Vec<u8>> {
     let too_big = |what: &str| Error::Index {
         path: path.to_owned(),
-        reason: format!("too many {what} for format v1"),
+        reason: format!("too many {what} for format v{VERSION}"),
     };
+    let fingerprint = |e: std::io::Error| Error::Archive {
+        archive: tar.path.clone(),
+        offset: 0,
+        reason: format!("cannot read it again to fingerprint its index: {e}"),
+    };
+    let edges = edges_crc(tar).map_err(fingerprint)?;
+    let headers =
+        headers_crc(tar, built.records.len(), |i| built.records[i].offset).map_err(fingerprint)?;
+    let (tar_size, tar_mtime) = (tar.size, tar.mtime);
     let kind = built.kind.ok_or_else(|| too_big("layouts"))?;
     let mut strings = built.names.clone();
     let mut refs = |s: &str| {
@@ -160,6 +216,8 @@ pub(crate) fn encode(built: &Built, tar_size: u64, tar_mtime: i64, path: &Path) 
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&0u32.to_le_bytes()); // flags
+    out.extend_from_slice(&edges.to_le_bytes());
+    out.extend_from_slice(&headers.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // checksum, filled below
     debug_assert_eq!(out.len(), HEADER);
     for r in &built.records {
@@ -199,9 +257,14 @@ impl IndexData {
             return Err("not an imgtoolkit index (bad magic)".into());
         }
         let version = u32_at(b, 8);
-        if version != VERSION {
+        if version < VERSION {
             return Err(format!(
-                "format version {version}, this build reads version {VERSION}"
+                "format version {version}, older than this build's {VERSION}: version 1 trusted an index \
+                 on the tar's size and mtime alone; version 2 also binds it to the tar's content"
+            ));
+        } else if version != VERSION {
+            return Err(format!(
+                "format version {version}, newer than this build's {VERSION}"
             ));
         }
         let count = u64_at(b, 32);
@@ -274,10 +337,10 @@ impl IndexData {
         };
         for i in 0..count {
             let r = index.decode(b, i);
-            let in_bounds = r
-                .offset
-                .checked_add(r.len)
-                .is_some_and(|end| end <= tar_size);
+            let in_bounds = r.offset >= BLOCK
+                && r.offset
+                    .checked_add(r.len)
+                    .is_some_and(|end| end <= tar_size);
             if !in_bounds {
                 return Err(format!(
                     "record {i} points at bytes {}..+{} past the end of the {tar_size}-byte tar",
@@ -287,7 +350,7 @@ impl IndexData {
             let label_ok = match kind {
                 Kind::ClassFolders | Kind::TarOfTars => (r.label as usize) < index.class_count,
                 Kind::Flat => r.label == NONE,
-                Kind::Webdataset => r.label != NONE,
+                Kind::Webdataset => r.label < MAX_CLASSES,
             };
             let group_ok = match kind {
                 Kind::TarOfTars => (r.group as usize) < index.group_count,
@@ -304,6 +367,28 @@ impl IndexData {
             }
         }
         Ok(IndexData { bytes, ..index })
+    }
+
+    /// Whether the tar's content is the one indexed: its first and last 64 KiB, and the headers of
+    /// `SAMPLED` members, against the CRCs stored at build. Size and mtime alone let the index of another
+    /// tar of the same size and mtime through (a copy, a re-tar in another order, `touch -r`).
+    fn check_content(&self, tar: &TarFile) -> std::result::Result<(), String> {
+        let cannot = |e: std::io::Error| format!("cannot read the tar to check it: {e}");
+        let foreign = "(the index of another tar with the same size and mtime?)";
+        let b: &[u8] = &self.bytes;
+        if edges_crc(tar).map_err(cannot)? != u32_at(b, EDGES_AT) {
+            return Err(format!(
+                "does not match the tar: its first and last 64 KiB differ from those indexed {foreign}"
+            ));
+        }
+        if headers_crc(tar, self.count, |i| self.decode(b, i).offset).map_err(cannot)?
+            != u32_at(b, HEADERS_AT)
+        {
+            return Err(format!(
+                "does not match the tar: member headers at the indexed offsets differ {foreign}"
+            ));
+        }
+        Ok(())
     }
 
     fn decode(&self, b: &[u8], i: usize) -> Record {
@@ -396,12 +481,9 @@ pub(crate) fn cache_path(tar: &Path, opts: &OpenOptions) -> Option<PathBuf> {
     Some(cache_dir(opts)?.join(format!("{name}-{hash:016x}.idx")))
 }
 
-/// Loads the index at `path`: `Ok(None)` when there is none, `Err(reason)` when it cannot be used.
-fn load(
-    path: &Path,
-    tar_size: u64,
-    tar_mtime: i64,
-) -> std::result::Result<Option<IndexData>, String> {
+/// Loads the index at `path` for `tar`: `Ok(None)` when there is none, `Err(reason)` when it cannot be
+/// used.
+fn load(path: &Path, tar: &TarFile) -> std::result::Result<Option<IndexData>, String> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -417,11 +499,15 @@ fn load(
             meta.len()
         ));
     }
-    // SAFETY: the map is read-only and private to this process. Index files are only ever replaced by
-    // rename (see `save`), never rewritten in place, so the mapped inode keeps its contents; a user
-    // truncating it by hand while it is open is outside what we can defend against (as for any mmap).
+    // SAFETY: a read-only private map of our own file. Index files are only ever replaced by rename (see
+    // `save`), never rewritten or truncated in place, so the mapped inode keeps its contents and length
+    // for as long as the map lives, even when a new index replaces it. (The tar itself is never mapped: it
+    // is not ours, and a truncated map faults with SIGBUS; see `file.rs`.) A user truncating an index by
+    // hand while it is open is outside what we defend against.
     let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
-    IndexData::parse(Bytes::Map(map), tar_size, tar_mtime).map(Some)
+    let index = IndexData::parse(Bytes::Map(map), tar.size, tar.mtime)?;
+    index.check_content(tar)?;
+    Ok(Some(index))
 }
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -446,17 +532,16 @@ fn save(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Gets the index of the tar at `tar` (mapped as `data`, modified at `mtime`) as `opts.index` says: load,
-/// or build and save. Records what it did in `report`.
+/// Gets the index of `tar` as `opts.index` says: load, or build and save. Records what it did in
+/// `report`.
 pub(crate) fn obtain(
-    tar: &Path,
-    data: &[u8],
-    mtime: i64,
+    tar_file: &TarFile,
     mode: Mode,
     opts: &OpenOptions,
     report: &mut OpenReport,
 ) -> Result<IndexData> {
-    let size = data.len() as u64;
+    let tar = tar_file.path.as_path();
+    let (size, mtime) = (tar_file.size, tar_file.mtime);
     let sidecar = sidecar_path(tar);
     let cache = cache_path(tar, opts);
     let candidates: Vec<&Path> = std::iter::once(sidecar.as_path())
@@ -464,7 +549,7 @@ pub(crate) fn obtain(
         .collect();
     if opts.index != IndexPolicy::Rebuild {
         for path in &candidates {
-            match load(path, size, mtime) {
+            match load(path, tar_file) {
                 Ok(Some(index)) if index.kind.fits(mode) => {
                     report.indexes_loaded += 1;
                     report.index_files.push(path.to_path_buf());
@@ -481,10 +566,21 @@ pub(crate) fn obtain(
             }
         }
     }
-    let built = build::build(data, tar, mode)?;
+    let built = build::build(tar_file, mode)?;
+    let bytes = encode(&built, tar_file, &sidecar)?;
+    // The scan read the tar piecewise: were it rewritten meanwhile, the index could mix two versions.
+    if !tar_file.unchanged()? {
+        return Err(Error::Archive {
+            archive: tar.to_owned(),
+            offset: 0,
+            reason: format!(
+                "changed while it was being indexed (it had {size} bytes); not indexed: open it again once \
+                 it is complete"
+            ),
+        });
+    }
     report.members_scanned += built.members;
     report.indexes_built += 1;
-    let bytes = encode(&built, size, mtime, &sidecar)?;
     drop(built);
     if opts.index == IndexPolicy::ReadOnly {
         report.notes.push(format!(

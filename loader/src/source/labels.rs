@@ -18,7 +18,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::{FileKind, ext_kind, push_limited, split_dir};
-use crate::error::io_err;
 use crate::error::{Error, Result};
 
 /// Label of every image key, and the class table.
@@ -42,7 +41,7 @@ pub(crate) fn key_of(name: &str) -> &str {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let bytes = super::file::read_regular(path)?;
     String::from_utf8(bytes).map_err(|e| Error::LabelsFile {
         path: path.to_owned(),
         line: 0,

@@ -22,8 +22,10 @@
 //! Hidden files and folders (a name starting with `.`, such as macOS `._x.JPEG` resource forks) are
 //! skipped everywhere; torchvision would list them and then fail to decode them.
 //!
-//! Tars are memory-mapped and never extracted; each tar gets an index sidecar (`train.tar.idx`, see
-//! `INDEX_FORMAT.md` beside this file) so a second open reads no tar header.
+//! Tars are read in place with positioned reads and never extracted; each tar gets an index sidecar
+//! (`train.tar.idx`, see `INDEX_FORMAT.md` beside this file) so a second open reads no tar header. A tar
+//! truncated while open gives errors naming the member, never a crash; a path that should be a file but
+//! is a FIFO, socket or device is refused before it is opened.
 //!
 //! Tar members: directory entries are skipped; symlinks, hard links, devices, fifos, absolute paths and
 //! paths with a `..` component are rejected and counted, never followed; `./` components are dropped. A
@@ -40,6 +42,7 @@
 
 mod archive;
 mod build;
+mod file;
 mod folder;
 mod index;
 mod labels;
@@ -63,8 +66,8 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn classes(&self) -> &[String];
     /// Label of sample `index`. Panics if `index >= len()`.
     fn label(&self, index: usize) -> u32;
-    /// Encoded bytes of sample `index`: borrowed from the memory map for tars, read into `scratch` for files.
-    /// Panics if `index >= len()`.
+    /// Encoded bytes of sample `index`, read into `scratch`, whose capacity is reused: once it has grown
+    /// to the largest sample, reading costs no allocation. Panics if `index >= len()`.
     fn bytes<'a>(&'a self, index: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]>;
     /// Full human name for messages: a path, or `archive › inner tar › member`.
     fn name(&self, index: usize) -> String;
