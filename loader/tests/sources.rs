@@ -509,6 +509,87 @@ fn folders_follow_torchvision_walk_order_hidden_files_and_symlinks() {
     python_check_imagefolder_order(&root, &names, &[0, 0, 0, 0, 0, 1, 1]);
 }
 
+/// Issue item 11: a class folder linking to `/` walked the whole filesystem. Links to the dataset folder
+/// or above it are cycles: refused as a class folder, skipped and counted deeper down; and the walk is
+/// bounded in depth.
+#[test]
+fn issue_11_links_to_the_root_or_above_never_walk_the_disk() {
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let quick = |root: &Path| {
+        let start = Instant::now();
+        let got = open_with_report(root, &OpenOptions::default());
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{}: took {:?}",
+            root.display(),
+            start.elapsed()
+        );
+        got
+    };
+    for (name, target) in [("to-root", None), ("to-slash", Some(Path::new("/")))] {
+        let root = tmp.path().join(name);
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/x.jpg"), b"x").unwrap();
+        let target = target.map_or(root.clone(), Path::to_owned);
+        symlink(&target, root.join("b")).unwrap();
+        match quick(&root) {
+            Err(e @ Error::LinkCycle { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&root.join("b").display().to_string())
+                        && msg.contains("symlink")
+                        && msg.contains("loop"),
+                    "{msg}"
+                );
+                let Error::LinkCycle { target: t, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(t, fs::canonicalize(&target).unwrap());
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    // Deeper down, the same links are skipped and counted, in class folders and flat folders alike.
+    let root = tmp.path().join("inside");
+    fs::create_dir_all(root.join("a/sub")).unwrap();
+    fs::write(root.join("a/x.jpg"), b"x").unwrap();
+    symlink("/", root.join("a/slash")).unwrap();
+    symlink(&root, root.join("a/sub/dataset")).unwrap();
+    symlink(tmp.path(), root.join("a/sub/above")).unwrap();
+    let (src, report) = quick(&root).unwrap();
+    assert_eq!(src.len(), 1);
+    assert_eq!(report.skipped.links, 3, "{:?}", report.skipped);
+    let labels = tmp.path().join("labels.txt");
+    fs::write(&labels, "x.jpg n01\n").unwrap();
+    let start = Instant::now();
+    let (src, report) = open_ok(&root.join("a"), &with_labels(tmp.path(), &labels, None));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!((src.len(), report.skipped.links), (1, 3));
+
+    // Depth is bounded: ImageNet's images are 1 level down, the walk stops past 32.
+    let root = tmp.path().join("deep");
+    let mut dir = root.join("c");
+    for i in 0..33 {
+        dir = dir.join(format!("d{i}"));
+    }
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("x.jpg"), b"x").unwrap();
+    match quick(&root) {
+        Err(e @ Error::WalkLimit { limit: 32, .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("more than 32 folder levels")
+                    && msg.contains(&root.display().to_string()),
+                "{msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Cross-check with torchvision's `ImageFolder` when the reference interpreter is there. Our hidden-file
 /// and symlink-loop rules differ from torchvision's, so it runs on a copy without those.
 fn python_check_imagefolder_order(root: &Path, names: &[String], labels: &[u32]) {
