@@ -995,6 +995,78 @@ fn labels_missing_and_unknown_are_listed() {
     }
 }
 
+/// Issue item 9: rows of `LOC_val_solution.csv` for images the tar lacks made classes of their own (4
+/// classes for 3 present, so the labels no longer matched the train set's), and a byte order mark at the
+/// start of a labels file made it unreadable.
+#[test]
+fn issue_9_rows_for_absent_images_make_no_class_and_a_bom_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (classes, imgs) = dataset();
+    let want = expected(&classes, &imgs);
+    let val = write_flat_tar(&t.join("val.tar"), &imgs);
+    let flat_dir = t.join("flat");
+    fs::create_dir_all(&flat_dir).unwrap();
+    for img in &imgs {
+        fs::write(flat_dir.join(img.base()), &img.bytes).unwrap();
+    }
+
+    // The full-val CSV: rows for every image here, plus two images (one of a class nothing here has, one
+    // sorting before every class) that this subset does not hold.
+    let csv = t.join("LOC_val_solution.csv");
+    let mut text = String::from("\u{feff}ImageId,PredictionString\r\n");
+    text += "ILSVRC2012_val_00049999,n00000001 1 2 3 4\r\n";
+    for img in &imgs {
+        text += &format!("{},{} 1 2 3 4\r\n", img.stem(), img.class);
+    }
+    text += "ILSVRC2012_val_00050000,n04000000 1 2 3 4\r\n";
+    fs::write(&csv, text).unwrap();
+    for dir in [&val, &flat_dir] {
+        let (src, report) = open_ok(dir, &with_labels(t, &csv, None));
+        assert_eq!(src.classes(), &classes[..], "{}", dir.display());
+        assert_eq!(samples(&*src), want, "{}", dir.display());
+        assert_eq!(report.unused_labels, 2, "{}", dir.display());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let w = &report.warnings[0];
+        assert!(
+            w.contains("LOC_val_solution.csv")
+                && w.contains("2 row(s)")
+                && w.contains("ILSVRC2012_val_00049999, ILSVRC2012_val_00050000"),
+            "{w}"
+        );
+    }
+
+    // Every format read from a labels or synset file takes a BOM: pairs, ground truth, synset lists.
+    let bom = |name: &str, text: String| {
+        let p = t.join(name);
+        fs::write(&p, format!("\u{feff}{text}")).unwrap();
+        p
+    };
+    let pairs = bom(
+        "pairs.txt",
+        imgs.iter()
+            .map(|i| format!("{} {}\n", i.base(), i.class))
+            .collect(),
+    );
+    let mut by_number: Vec<&Img> = imgs.iter().collect();
+    by_number.sort_by_key(|i| i.stem().to_string());
+    let gt = bom(
+        "gt.txt",
+        by_number
+            .iter()
+            .map(|i| format!("{}\n", devkit_id(&i.class)))
+            .collect(),
+    );
+    let map = bom("map_clsloc.txt", MAP_CLSLOC.to_string());
+    for (labels, synsets) in [(&pairs, None), (&pairs, Some(&map)), (&gt, Some(&map))] {
+        let (src, report) = open_ok(&val, &with_labels(t, labels, synsets.map(|p| p.as_path())));
+        assert_eq!(src.classes(), &classes[..], "{}", labels.display());
+        assert_eq!(samples(&*src), want, "{}", labels.display());
+        assert_eq!(report.unused_labels, 0);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    }
+}
+
 #[test]
 fn shard_labels_are_checked() {
     let tmp = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::labels::LabelSet;
-use super::{FileKind, Layout, OpenOptions, OpenReport, Skipped, Source, file_kind, push_limited};
+use super::{FileKind, Layout, OpenOptions, OpenReport, Skipped, Source, file_kind};
 use crate::error::io_err;
 use crate::error::{Error, Result};
 
@@ -339,21 +339,17 @@ impl FolderSource {
                 reason: "no .jpg/.jpeg/.png file".into(),
             });
         }
-        let (mut missing, mut missing_count) = (Vec::new(), 0);
-        let mut found = Vec::with_capacity(images.len());
-        for (p, size) in images {
-            match labels.get(&String::from_utf8_lossy(&p)) {
-                Some(l) => found.push((l, p, size)),
-                None => push_limited(&mut missing, &mut missing_count, || {
-                    String::from_utf8_lossy(&p).into_owned()
-                }),
-            }
-        }
-        labels.check(missing, missing_count)?;
+        let names = images.iter().map(|(p, _)| String::from_utf8_lossy(p));
+        let (labs, classes) = labels.assign(names, report)?;
+        let mut found: Vec<(u32, Vec<u8>, u64)> = labs
+            .into_iter()
+            .zip(images)
+            .map(|(l, (p, size))| (l, p, size))
+            .collect();
         found.sort_by(|(la, a, _), (lb, b, _)| (la, dir_file(a)).cmp(&(lb, dir_file(b))));
         report.skipped.add(&walk.skipped);
         report.image_bytes = found.iter().map(|f| f.2).sum();
-        Ok(Self::from_found(root, labels.classes, found))
+        Ok(Self::from_found(root, classes, found))
     }
 
     fn rel(&self, index: usize) -> &[u8] {
