@@ -368,6 +368,56 @@ pub fn probe(bytes: &[u8]) -> Result<ImageInfo, DecodeError> {
     }
 }
 
+/// Whether [`Decoder::decode`] would get as far as decoding pixels: the checks it makes before any pixel
+/// work, and nothing else. Those are the format, the headers, the [`DecodeOptions::max_pixels`] cap
+/// ([`DecodeError::TooLarge`]) and, for JPEG, an end-of-image marker after the first scan
+/// ([`DecodeError::Truncated`]; zune-jpeg demands it too, libjpeg-turbo also decodes a complete file that
+/// lacks only the marker, as PIL does). Cheap like [`probe`] (one pass over the bytes, nothing allocated on
+/// success), for callers that keep the bytes as they are, such as the shard writer when copying: a file
+/// it accepts may still hold damaged entropy-coded data, which only a decode finds.
+pub fn check(bytes: &[u8], options: &DecodeOptions) -> Result<ImageInfo, DecodeError> {
+    let checked = Checked::new(bytes, options)?;
+    // Without decoding, a JPEG that lacks only its end-of-image marker (PIL decodes it) cannot be told
+    // from one cut short (PIL refuses it): demand the marker, as the zune path of a decode does.
+    if let Checked::Jpeg { header, .. } = &checked
+        && !header.has_eoi(bytes)
+    {
+        return Err(jpeg::TRUNCATED);
+    }
+    Ok(checked.info())
+}
+
+/// A file that passed the header-level checks, with what decoding it needs. The one place those checks
+/// are made: [`check`] and [`Decoder::decode_region`] both go through [`Checked::new`].
+enum Checked {
+    Jpeg { header: jpeg::Header, pixels: usize },
+    Png { header: png::Header, pixels: usize },
+}
+
+impl Checked {
+    fn new(bytes: &[u8], options: &DecodeOptions) -> Result<Checked, DecodeError> {
+        match sniff(bytes)? {
+            ImageFormat::Jpeg => {
+                let header = jpeg::Header::read(bytes)?;
+                let pixels = check_size(header.width(), header.height(), options)?;
+                Ok(Checked::Jpeg { header, pixels })
+            }
+            ImageFormat::Png => {
+                let header = png::Header::read(bytes)?;
+                let pixels = check_size(header.width, header.height, options)?;
+                Ok(Checked::Png { header, pixels })
+            }
+        }
+    }
+
+    fn info(&self) -> ImageInfo {
+        match self {
+            Checked::Jpeg { header, .. } => header.info(),
+            Checked::Png { header, .. } => header.info(),
+        }
+    }
+}
+
 /// Decodes JPEG and PNG to RGB into buffers it keeps between images. One per thread.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -415,11 +465,9 @@ impl Decoder {
         pick: impl FnOnce(u32, u32) -> CropBox,
     ) -> Result<Region<'_>, DecodeError> {
         let mut warnings = 0;
-        let (full_width, full_height, window) = match sniff(bytes)? {
-            ImageFormat::Jpeg => {
-                let header = jpeg::Header::read(bytes)?;
+        let (full_width, full_height, window) = match Checked::new(bytes, &self.options)? {
+            Checked::Jpeg { header, pixels } => {
                 let (width, height) = (header.width(), header.height());
-                let pixels = check_size(width, height, &self.options)?;
                 let want = clamp(pick(width, height), width, height);
                 let window = match self.options.jpeg {
                     JpegBackend::Zune => {
@@ -439,9 +487,7 @@ impl Decoder {
                 };
                 (width, height, window)
             }
-            ImageFormat::Png => {
-                let header = png::Header::read(bytes)?;
-                let pixels = check_size(header.width, header.height, &self.options)?;
+            Checked::Png { header, pixels } => {
                 // Called for its effect on the caller (it may draw random numbers); PNG decodes whole.
                 pick(header.width, header.height);
                 png::decode(bytes, &header, pixels, &mut self.rgb, &mut self.scratch)?;

@@ -103,6 +103,26 @@ pub enum Error {
         path.display(), classes.join(", ")
     )]
     EmptyClasses { path: PathBuf, classes: Vec<String> },
+    /// A class folder is a symlink to the dataset folder or to a folder above it (`target`, resolved):
+    /// following it would list the dataset inside itself, or the whole disk.
+    #[error(
+        "{}: class folder is a symlink to {}, which holds the dataset: following it would loop",
+        path.display(), target.display()
+    )]
+    LinkCycle { path: PathBuf, target: PathBuf },
+    /// Walking the dataset folder `root` went past a bound (`limit` `what`) at `at`; the bounds are far
+    /// above any real dataset's, so a symlink to a big folder elsewhere is the likely cause.
+    #[error(
+        "{}: stopped walking {} at more than {limit} {what} (far more than a dataset has: a symlink to \
+         some big folder?)",
+        at.display(), root.display()
+    )]
+    WalkLimit {
+        root: PathBuf,
+        at: PathBuf,
+        what: &'static str,
+        limit: u64,
+    },
     /// The dataset's layout is not one we read, or is ambiguous.
     #[error("{}: {reason}", path.display())]
     Layout { path: PathBuf, reason: String },

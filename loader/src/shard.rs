@@ -33,8 +33,9 @@
 //!
 //! # Images
 //!
-//! Without [`Reencode`] the original bytes are copied; each header is checked first ([`probe`](crate::decode::probe)), and a
-//! sample whose bytes are not a JPEG or PNG is bad. A PNG (ImageNet has one named `.JPEG`) is stored as
+//! Without [`Reencode`] the original bytes are copied; each is checked first as a decode would check it
+//! before any pixel work ([`check`](crate::decode::check): headers, the pixel cap, JPEG's end-of-image
+//! marker), and a sample that fails is bad. A PNG (ImageNet has one named `.JPEG`) is stored as
 //! `<key>.png` because webdataset decoders pick the codec by extension. With [`Reencode`] every image is
 //! decoded (CMYK, grayscale and PNG become RGB), shrunk so its longer side is at most `max_side` (Hamming
 //! filter: bilinear's cost, bicubic-like quality when shrinking), and encoded as baseline JPEG at `quality`
@@ -1043,7 +1044,9 @@ impl ShardWriter {
             source: e,
         };
         let Some(r) = self.config.reencode else {
-            let info = decode::probe(bytes).map_err(sample_err)?;
+            // The checks a decode makes before any pixel work, so that a file the readers would refuse
+            // (cut short, or a header declaring gigapixels) is not copied into the shards.
+            let info = decode::check(bytes, decoder.options()).map_err(sample_err)?;
             let ext = if info.format == ImageFormat::Png {
                 "png"
             } else {
@@ -1484,12 +1487,8 @@ mod tests {
                 .map(|b| b.name.rsplit('/').next().unwrap())
                 .collect();
             bad.sort();
-            // Copying checks headers only, so the truncated scan passes there.
-            let want: &[&str] = if reencode.is_some() {
-                &["empty.JPEG", "not_an_image.JPEG", "truncated.jpg"]
-            } else {
-                &["empty.JPEG", "not_an_image.JPEG"]
-            };
+            // Copying makes a decode's header-level checks, which find the truncated scan too.
+            let want: &[&str] = &["empty.JPEG", "not_an_image.JPEG", "truncated.jpg"];
             assert_eq!(bad, want);
             let back = open(&out, &OpenOptions::default()).unwrap();
             assert_eq!(back.len(), src.len() - want.len());

@@ -509,6 +509,87 @@ fn folders_follow_torchvision_walk_order_hidden_files_and_symlinks() {
     python_check_imagefolder_order(&root, &names, &[0, 0, 0, 0, 0, 1, 1]);
 }
 
+/// Issue item 11: a class folder linking to `/` walked the whole filesystem. Links to the dataset folder
+/// or above it are cycles: refused as a class folder, skipped and counted deeper down; and the walk is
+/// bounded in depth.
+#[test]
+fn issue_11_links_to_the_root_or_above_never_walk_the_disk() {
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let quick = |root: &Path| {
+        let start = Instant::now();
+        let got = open_with_report(root, &OpenOptions::default());
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{}: took {:?}",
+            root.display(),
+            start.elapsed()
+        );
+        got
+    };
+    for (name, target) in [("to-root", None), ("to-slash", Some(Path::new("/")))] {
+        let root = tmp.path().join(name);
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/x.jpg"), b"x").unwrap();
+        let target = target.map_or(root.clone(), Path::to_owned);
+        symlink(&target, root.join("b")).unwrap();
+        match quick(&root) {
+            Err(e @ Error::LinkCycle { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&root.join("b").display().to_string())
+                        && msg.contains("symlink")
+                        && msg.contains("loop"),
+                    "{msg}"
+                );
+                let Error::LinkCycle { target: t, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(t, fs::canonicalize(&target).unwrap());
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    // Deeper down, the same links are skipped and counted, in class folders and flat folders alike.
+    let root = tmp.path().join("inside");
+    fs::create_dir_all(root.join("a/sub")).unwrap();
+    fs::write(root.join("a/x.jpg"), b"x").unwrap();
+    symlink("/", root.join("a/slash")).unwrap();
+    symlink(&root, root.join("a/sub/dataset")).unwrap();
+    symlink(tmp.path(), root.join("a/sub/above")).unwrap();
+    let (src, report) = quick(&root).unwrap();
+    assert_eq!(src.len(), 1);
+    assert_eq!(report.skipped.links, 3, "{:?}", report.skipped);
+    let labels = tmp.path().join("labels.txt");
+    fs::write(&labels, "x.jpg n01\n").unwrap();
+    let start = Instant::now();
+    let (src, report) = open_ok(&root.join("a"), &with_labels(tmp.path(), &labels, None));
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!((src.len(), report.skipped.links), (1, 3));
+
+    // Depth is bounded: ImageNet's images are 1 level down, the walk stops past 32.
+    let root = tmp.path().join("deep");
+    let mut dir = root.join("c");
+    for i in 0..33 {
+        dir = dir.join(format!("d{i}"));
+    }
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("x.jpg"), b"x").unwrap();
+    match quick(&root) {
+        Err(e @ Error::WalkLimit { limit: 32, .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("more than 32 folder levels")
+                    && msg.contains(&root.display().to_string()),
+                "{msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Cross-check with torchvision's `ImageFolder` when the reference interpreter is there. Our hidden-file
 /// and symlink-loop rules differ from torchvision's, so it runs on a copy without those.
 fn python_check_imagefolder_order(root: &Path, names: &[String], labels: &[u32]) {
@@ -911,6 +992,78 @@ fn labels_missing_and_unknown_are_listed() {
             line: 2, reason, ..
         }) => assert!(reason.contains("n01"), "{reason}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Issue item 9: rows of `LOC_val_solution.csv` for images the tar lacks made classes of their own (4
+/// classes for 3 present, so the labels no longer matched the train set's), and a byte order mark at the
+/// start of a labels file made it unreadable.
+#[test]
+fn issue_9_rows_for_absent_images_make_no_class_and_a_bom_is_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (classes, imgs) = dataset();
+    let want = expected(&classes, &imgs);
+    let val = write_flat_tar(&t.join("val.tar"), &imgs);
+    let flat_dir = t.join("flat");
+    fs::create_dir_all(&flat_dir).unwrap();
+    for img in &imgs {
+        fs::write(flat_dir.join(img.base()), &img.bytes).unwrap();
+    }
+
+    // The full-val CSV: rows for every image here, plus two images (one of a class nothing here has, one
+    // sorting before every class) that this subset does not hold.
+    let csv = t.join("LOC_val_solution.csv");
+    let mut text = String::from("\u{feff}ImageId,PredictionString\r\n");
+    text += "ILSVRC2012_val_00049999,n00000001 1 2 3 4\r\n";
+    for img in &imgs {
+        text += &format!("{},{} 1 2 3 4\r\n", img.stem(), img.class);
+    }
+    text += "ILSVRC2012_val_00050000,n04000000 1 2 3 4\r\n";
+    fs::write(&csv, text).unwrap();
+    for dir in [&val, &flat_dir] {
+        let (src, report) = open_ok(dir, &with_labels(t, &csv, None));
+        assert_eq!(src.classes(), &classes[..], "{}", dir.display());
+        assert_eq!(samples(&*src), want, "{}", dir.display());
+        assert_eq!(report.unused_labels, 2, "{}", dir.display());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        let w = &report.warnings[0];
+        assert!(
+            w.contains("LOC_val_solution.csv")
+                && w.contains("2 row(s)")
+                && w.contains("ILSVRC2012_val_00049999, ILSVRC2012_val_00050000"),
+            "{w}"
+        );
+    }
+
+    // Every format read from a labels or synset file takes a BOM: pairs, ground truth, synset lists.
+    let bom = |name: &str, text: String| {
+        let p = t.join(name);
+        fs::write(&p, format!("\u{feff}{text}")).unwrap();
+        p
+    };
+    let pairs = bom(
+        "pairs.txt",
+        imgs.iter()
+            .map(|i| format!("{} {}\n", i.base(), i.class))
+            .collect(),
+    );
+    let mut by_number: Vec<&Img> = imgs.iter().collect();
+    by_number.sort_by_key(|i| i.stem().to_string());
+    let gt = bom(
+        "gt.txt",
+        by_number
+            .iter()
+            .map(|i| format!("{}\n", devkit_id(&i.class)))
+            .collect(),
+    );
+    let map = bom("map_clsloc.txt", MAP_CLSLOC.to_string());
+    for (labels, synsets) in [(&pairs, None), (&pairs, Some(&map)), (&gt, Some(&map))] {
+        let (src, report) = open_ok(&val, &with_labels(t, labels, synsets.map(|p| p.as_path())));
+        assert_eq!(src.classes(), &classes[..], "{}", labels.display());
+        assert_eq!(samples(&*src), want, "{}", labels.display());
+        assert_eq!(report.unused_labels, 0);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
     }
 }
 

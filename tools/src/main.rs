@@ -9,6 +9,7 @@ macro_rules! outln {
     }};
 }
 
+mod escape;
 mod progress;
 mod scan;
 mod shard;
@@ -22,7 +23,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 use std::sync::Arc;
+
+use crate::escape::Esc;
 
 use imgloader::decode::JpegBackend;
 use imgloader::{
@@ -211,7 +215,7 @@ fn synth(args: SynthArgs) -> anyhow::Result<()> {
         summary.train.images,
         summary.val.images,
         (summary.train.jpeg_bytes + summary.val.jpeg_bytes) as f64 / 1e6,
-        args.out.display(),
+        Esc(args.out.display()),
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -246,7 +250,44 @@ fn open_with(
         index,
         ..Default::default()
     };
-    imgloader::open_with_report(src, &opts).with_context(|| format!("opening {}", src.display()))
+    let (source, report) = imgloader::open_with_report(src, &opts)
+        .with_context(|| format!("opening {}", src.display()))?;
+    // On stderr for every command, so that `--json` output stays one object.
+    for warning in &report.warnings {
+        eprintln!("imgtool: warning: {}", Esc(warning));
+    }
+    Ok((source, report))
+}
+
+/// What `--json` prints when a command fails before it has a result: stdout still holds one JSON
+/// object, and the error also goes to stderr and sets the exit code, as without `--json`.
+#[derive(Debug, Serialize)]
+struct JsonFailure {
+    source: String,
+    ok: bool,
+    error: String,
+}
+
+/// Runs `f`; with `json`, a failure is also printed on stdout as a [`JsonFailure`].
+fn json_on_failure<T>(
+    json: bool,
+    src: &Path,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let result = f();
+    if let (true, Err(err)) = (json, &result) {
+        let failure = JsonFailure {
+            source: src.display().to_string(),
+            ok: false,
+            error: format!("{err:#}"),
+        };
+        // Serialising these three strings cannot fail; a failed write (a closed pipe) leaves the error
+        // itself to be reported.
+        if let Ok(line) = serde_json::to_string(&failure) {
+            let _ = writeln!(std::io::stdout(), "{line}");
+        }
+    }
+    result
 }
 
 /// `skipped N entries: 2 not an image, 1 link (rejected), …`, or `None` when nothing was skipped.
@@ -284,7 +325,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     outln!(
         "{}: {:?}, {} images in {} classes, {:.1} MB of images",
-        args.src.display(),
+        Esc(args.src.display()),
         r.layout,
         r.images,
         r.classes,
@@ -308,10 +349,10 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         outln!("{} archive(s): {what}", r.archives);
     }
     for note in &r.notes {
-        outln!("note: {note}");
+        outln!("note: {}", Esc(note));
     }
     for file in &r.index_files {
-        outln!("index: {}", file.display());
+        outln!("index: {}", Esc(file.display()));
     }
     outln!("took {secs:.3}s");
     Ok(())
@@ -449,9 +490,22 @@ impl BenchRunner {
     }
 }
 
-fn bench(args: BenchArgs) -> anyhow::Result<()> {
+/// What `bench` measured, before it is printed.
+struct BenchRun {
+    runs: Vec<EpochRun>,
+    images: usize,
+    bad: usize,
+    secs: f64,
+    /// Encoded bytes of the images read.
+    bytes: usize,
+    /// CPU time and run-queue wait of the timed epochs, where /proc tells.
+    cpu: Option<(f64, f64)>,
+    peak_rss: u64,
+}
+
+fn measure(args: &BenchArgs) -> anyhow::Result<BenchRun> {
     let (source, _) = open(&args.src, &args.labels, false)?;
-    let runner = BenchRunner::new(&args, source.clone())?;
+    let runner = BenchRunner::new(args, source.clone())?;
     let limit = match args.max_images {
         0 => usize::MAX,
         n => n,
@@ -481,77 +535,117 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             rss: current_rss().unwrap_or(0),
         });
     }
-    let cpu_end = cpu_seconds();
-    let cpu = cpu_end.zip(cpu_start).map(|(end, start)| end.0 - start.0);
-    let cpu_wait = cpu_end.zip(cpu_start).map(|(end, start)| end.1 - start.1);
-    let images: usize = runs.iter().map(|r| r.images).sum();
-    let bad: usize = runs.iter().map(|r| r.bad).sum();
-    let secs: f64 = runs.iter().map(|r| r.secs).sum();
+    let cpu = cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| (end.0 - start.0, end.1 - start.1));
     // Counted after the clock stops: a folder source reads the file again to learn its size.
     let mut scratch = Vec::new();
     let bytes: usize = seen
         .iter()
         .map(|&i| source.bytes(i, &mut scratch).map_or(0, <[u8]>::len))
         .sum();
+    Ok(BenchRun {
+        images: runs.iter().map(|r| r.images).sum(),
+        bad: runs.iter().map(|r| r.bad).sum(),
+        secs: runs.iter().map(|r| r.secs).sum(),
+        runs,
+        bytes,
+        cpu,
+        peak_rss: peak_rss().unwrap_or(0),
+    })
+}
+
+/// `bench --json`, the fields `scripts/` compare across tools. Rates are `null` where they do not exist
+/// (no image decoded, or no time measured): JSON has no `inf` or `NaN`.
+#[derive(Debug, Serialize)]
+struct BenchJson {
+    tool: &'static str,
+    pipeline: String,
+    jpeg: String,
+    threads: usize,
+    batch_size: usize,
+    epochs: usize,
+    images: usize,
+    seconds: f64,
+    images_per_sec: Option<f64>,
+    images_per_sec_per_thread: Option<f64>,
+    mb_per_sec: Option<f64>,
+    peak_rss_bytes: u64,
+    bad_samples: usize,
+    cpu_seconds: Option<f64>,
+    cpu_ms_per_image: Option<f64>,
+    runqueue_wait_seconds: Option<f64>,
+    epoch_images_per_sec: Vec<Option<f64>>,
+    epoch_rss_bytes: Vec<u64>,
+}
+
+/// `v`, or `None` when it is infinite or NaN (a rate over zero images or zero seconds).
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchRun {
+        runs,
+        images,
+        bad,
+        secs,
+        bytes,
+        cpu,
+        peak_rss: rss,
+    } = json_on_failure(args.json, &args.src, || measure(&args))?;
     let ips = images as f64 / secs;
-    let rss = peak_rss().unwrap_or(0);
+    let cpu_ms_per_image = cpu.map(|c| c.0 * 1e3 / images as f64);
     let pipeline = format!("{:?}", args.pipeline).to_lowercase();
     if args.json {
-        let list = |f: &dyn Fn(&EpochRun) -> String| {
-            format!("[{}]", runs.iter().map(f).collect::<Vec<_>>().join(","))
+        let v = BenchJson {
+            tool: "imgloader",
+            pipeline,
+            jpeg: args.jpeg.to_string(),
+            threads: args.threads,
+            batch_size: args.batch_size,
+            epochs: runs.len(),
+            images,
+            seconds: secs,
+            images_per_sec: finite(ips),
+            images_per_sec_per_thread: finite(ips / args.threads as f64),
+            mb_per_sec: finite(bytes as f64 / secs / 1e6),
+            peak_rss_bytes: rss,
+            bad_samples: bad,
+            cpu_seconds: cpu.map(|c| c.0),
+            cpu_ms_per_image: cpu_ms_per_image.and_then(finite),
+            runqueue_wait_seconds: cpu.map(|c| c.1),
+            epoch_images_per_sec: runs
+                .iter()
+                .map(|r| finite(r.images as f64 / r.secs))
+                .collect(),
+            epoch_rss_bytes: runs.iter().map(|r| r.rss).collect(),
         };
-        let or_null = |v: Option<f64>| v.map_or("null".to_owned(), |v| format!("{v:.4}"));
-        let fields: [(&str, String); 18] = [
-            ("tool", "\"imgloader\"".to_owned()),
-            ("pipeline", format!("\"{pipeline}\"")),
-            ("jpeg", format!("\"{}\"", args.jpeg)),
-            ("threads", args.threads.to_string()),
-            ("batch_size", args.batch_size.to_string()),
-            ("epochs", runs.len().to_string()),
-            ("images", images.to_string()),
-            ("seconds", format!("{secs:.4}")),
-            ("images_per_sec", format!("{ips:.2}")),
-            (
-                "images_per_sec_per_thread",
-                format!("{:.2}", ips / args.threads as f64),
-            ),
-            ("mb_per_sec", format!("{:.3}", bytes as f64 / secs / 1e6)),
-            ("peak_rss_bytes", rss.to_string()),
-            ("bad_samples", bad.to_string()),
-            ("cpu_seconds", or_null(cpu)),
-            (
-                "cpu_ms_per_image",
-                or_null(cpu.map(|c| c * 1e3 / images as f64)),
-            ),
-            ("runqueue_wait_seconds", or_null(cpu_wait)),
-            (
-                "epoch_images_per_sec",
-                list(&|r| format!("{:.2}", r.images as f64 / r.secs)),
-            ),
-            ("epoch_rss_bytes", list(&|r| r.rss.to_string())),
-        ];
-        let json: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        outln!("{{{}}}", json.join(","));
+        outln!("{}", serde_json::to_string(&v)?);
     } else {
+        // `inf`/`NaN` would read as a measurement; say there is none.
+        let rate = |v: f64, digits: usize| {
+            finite(v).map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}"))
+        };
         outln!(
-            "{pipeline}: {images} images in {secs:.2}s = {ips:.1} img/s ({:.1} per thread, {} threads), \
-             {:.1} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}; JPEG by {}",
-            ips / args.threads as f64,
+            "{pipeline}: {images} images in {secs:.2}s = {} img/s ({} per thread, {} threads), \
+             {} MB/s of encoded images, peak RSS {:.0} MiB, {bad} bad samples{}; JPEG by {}",
+            rate(ips, 1),
+            rate(ips / args.threads as f64, 1),
             args.threads,
-            bytes as f64 / secs / 1e6,
+            rate(bytes as f64 / secs / 1e6, 1),
             rss as f64 / (1 << 20) as f64,
-            cpu.map_or(String::new(), |c| format!(
-                ", {:.2} ms of CPU per image",
-                c * 1e3 / images as f64
-            )),
+            cpu_ms_per_image
+                .and_then(finite)
+                .map_or(String::new(), |c| format!(", {c:.2} ms of CPU per image")),
             args.jpeg,
         );
         if runs.len() > 1 {
             for (epoch, r) in runs.iter().enumerate() {
                 outln!(
-                    "  epoch {epoch}: {} images, {:.1} img/s, RSS after it {:.0} MiB",
+                    "  epoch {epoch}: {} images, {} img/s, RSS after it {:.0} MiB",
                     r.images,
-                    r.images as f64 / r.secs,
+                    rate(r.images as f64 / r.secs, 1),
                     r.rss as f64 / (1 << 20) as f64
                 );
             }
@@ -580,7 +674,12 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(std::io::stderr(), "imgtool: error: {err:#}");
+            // Escaped here, once: messages carry member and file names, which are untrusted text.
+            let _ = writeln!(
+                std::io::stderr(),
+                "imgtool: error: {}",
+                Esc(format!("{err:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -8,6 +8,7 @@ use imgloader::IndexPolicy;
 use imgloader::shard::{Chroma, Reencode, ShardSplit, ShardWriter};
 
 use crate::Labels;
+use crate::escape::Esc;
 use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
@@ -91,15 +92,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Read-only: nothing is written outside --out, not even the source's index (`imgtool index` saves it).
     let (source, report) = crate::open_with(&args.src, &args.labels, IndexPolicy::ReadOnly)?;
+    let src = Esc(args.src.display());
     if let Some(line) = crate::skipped_line(&report.skipped) {
         // Say so before the long work: rejected members (links, `..`, absolute paths) are never read.
-        eprintln!("{}: {line}", args.src.display());
+        eprintln!("{src}: {line}");
     }
     if report.indexes_built > 0 {
         eprintln!(
-            "{}: indexed in memory; `imgtool index {}` saves the index so that re-runs start at once",
-            args.src.display(),
-            args.src.display()
+            "{src}: indexed in memory; `imgtool index {src}` saves the index so that re-runs start at once",
         );
     }
     let split = match args.num_shards {
@@ -148,13 +148,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let done_now = summary.samples - kept_samples;
     let rate = done_now as f64 / secs.max(1e-9);
     outln!(
-        "{}: {} samples in {} classes -> {} shards, {:.1} MB, in {} ({:.1}s: {rate:.1} img/s, {:.1} per thread, {} threads)",
-        args.src.display(),
+        "{src}: {} samples in {} classes -> {} shards, {:.1} MB, in {} ({:.1}s: {rate:.1} img/s, {:.1} per thread, {} threads)",
         summary.samples,
         source.classes().len(),
         summary.shards.len(),
         bytes as f64 / 1e6,
-        args.out.display(),
+        Esc(args.out.display()),
         secs,
         rate / args.threads as f64,
         args.threads,
@@ -168,9 +167,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !summary.bad.is_empty() {
         outln!("left out {} bad sample(s):", summary.bad.len());
         for b in &summary.bad {
-            outln!("  {}: {}", b.name, b.error);
+            outln!("  {}: {}", Esc(&b.name), Esc(&b.error));
         }
     }
-    outln!("manifest: {}", summary.manifest.display());
+    outln!("manifest: {}", Esc(summary.manifest.display()));
     Ok(())
 }

@@ -5,9 +5,54 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use imgloader::decode;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::Labels;
+use crate::escape::Esc;
+
+/// `stats --json`. The distributions of image headers are `null` when no header could be read.
+#[derive(Debug, Serialize)]
+struct StatsJson<'a> {
+    source: String,
+    images: usize,
+    classes: usize,
+    bytes: u64,
+    seconds: f64,
+    formats: &'a BTreeMap<&'static str, usize>,
+    class_counts: Vec<ClassCount<'a>>,
+    images_per_class: DistJson,
+    unreadable_headers: &'a [String],
+    width: Option<DistJson>,
+    height: Option<DistJson>,
+    shorter_side: Option<DistJson>,
+    megapixels: Option<DistJson>,
+    file_size_kb: Option<DistJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClassCount<'a> {
+    class: &'a str,
+    images: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct DistJson {
+    unit: &'static str,
+    min: f64,
+    p1: f64,
+    median: f64,
+    mean: f64,
+    p99: f64,
+    max: f64,
+    histogram: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize)]
+struct Bucket {
+    from: f64,
+    to: f64,
+    count: usize,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -72,24 +117,29 @@ impl Dist {
             .collect()
     }
 
-    fn json(&self, buckets: usize) -> Value {
-        let mean = self.sorted.iter().sum::<f64>() / self.sorted.len() as f64;
-        json!({
-            "unit": self.unit,
-            "min": self.sorted[0],
-            "p1": self.quantile(0.01),
-            "median": self.quantile(0.5),
-            "mean": mean,
-            "p99": self.quantile(0.99),
-            "max": self.sorted[self.sorted.len() - 1],
-            "histogram": self.histogram(buckets).iter()
-                .map(|(from, to, count)| json!({"from": from, "to": to, "count": count}))
-                .collect::<Vec<_>>(),
-        })
+    fn json(&self, buckets: usize) -> DistJson {
+        DistJson {
+            unit: self.unit,
+            min: self.sorted[0],
+            p1: self.quantile(0.01),
+            median: self.quantile(0.5),
+            mean: self.mean(),
+            p99: self.quantile(0.99),
+            max: self.sorted[self.sorted.len() - 1],
+            histogram: self
+                .histogram(buckets)
+                .into_iter()
+                .map(|(from, to, count)| Bucket { from, to, count })
+                .collect(),
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sorted.iter().sum::<f64>() / self.sorted.len() as f64
     }
 
     fn print(&self, buckets: usize) -> std::io::Result<()> {
-        let mean = self.sorted.iter().sum::<f64>() / self.sorted.len() as f64;
+        let mean = self.mean();
         outln!(
             "\n{} ({}): min {}, p1 {}, median {}, mean {}, p99 {}, max {}",
             self.name,
@@ -134,7 +184,21 @@ fn print_histogram(h: &[(f64, f64, usize)]) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// Everything `stats` reports, before it is printed.
+struct Stats {
+    classes: Vec<String>,
+    per_class: Vec<u64>,
+    images: usize,
+    seconds: f64,
+    formats: BTreeMap<&'static str, usize>,
+    unreadable: Vec<String>,
+    class_dist: Dist,
+    /// width, height, shorter side, megapixels, file size; empty when no header could be read.
+    dists: Vec<Dist>,
+    total_bytes: u64,
+}
+
+fn gather(args: &Args) -> anyhow::Result<Stats> {
     anyhow::ensure!(args.buckets > 0, "invalid --buckets: 0; at least 1");
     let start = Instant::now();
     let (source, _) = crate::open(&args.src, &args.labels, false)?;
@@ -153,9 +217,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some((info.width, info.height, bytes.len() as u64, format))
         },
     )?;
-    let secs = start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64();
 
-    let classes = source.classes();
+    let classes = source.classes().to_vec();
     let mut per_class = vec![0u64; classes.len()];
     for i in 0..source.len() {
         per_class[source.label(i) as usize] += 1;
@@ -201,40 +265,61 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ),
         ]
     };
-    let total_bytes: u64 = ok.iter().map(|f| f.2).sum();
+    Ok(Stats {
+        images: source.len(),
+        total_bytes: ok.iter().map(|f| f.2).sum(),
+        classes,
+        per_class,
+        seconds,
+        formats,
+        unreadable,
+        class_dist,
+        dists,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Stats {
+        classes,
+        per_class,
+        images,
+        seconds: secs,
+        formats,
+        unreadable,
+        class_dist,
+        dists,
+        total_bytes,
+    } = crate::json_on_failure(args.json, &args.src, || gather(&args))?;
 
     if args.json {
-        let mut v = json!({
-            "source": args.src.display().to_string(),
-            "images": source.len(),
-            "classes": classes.len(),
-            "bytes": total_bytes,
-            "seconds": secs,
-            "formats": formats,
-            "class_counts": classes.iter().zip(&per_class).map(|(c, n)| json!({"class": c, "images": n})).collect::<Vec<_>>(),
-            "images_per_class": class_dist.json(args.buckets),
-            "unreadable_headers": unreadable,
-        });
-        for (key, d) in [
-            "width",
-            "height",
-            "shorter_side",
-            "megapixels",
-            "file_size_kb",
-        ]
-        .iter()
-        .zip(&dists)
-        {
-            v[*key] = d.json(args.buckets);
-        }
-        outln!("{v}");
+        let dist = |i: usize| dists.get(i).map(|d: &Dist| d.json(args.buckets));
+        let v = StatsJson {
+            source: args.src.display().to_string(),
+            images,
+            classes: classes.len(),
+            bytes: total_bytes,
+            seconds: secs,
+            formats: &formats,
+            class_counts: classes
+                .iter()
+                .zip(&per_class)
+                .map(|(class, &images)| ClassCount { class, images })
+                .collect(),
+            images_per_class: class_dist.json(args.buckets),
+            unreadable_headers: &unreadable,
+            width: dist(0),
+            height: dist(1),
+            shorter_side: dist(2),
+            megapixels: dist(3),
+            file_size_kb: dist(4),
+        };
+        outln!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
     let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} {f}")).collect();
     outln!(
-        "{}: {} images in {} classes, {:.1} MB ({}), headers read in {secs:.2}s",
-        args.src.display(),
-        source.len(),
+        "{}: {images} images in {} classes, {:.1} MB ({}), headers read in {secs:.2}s",
+        Esc(args.src.display()),
         classes.len(),
         total_bytes as f64 / 1e6,
         formats.join(", "),
@@ -246,8 +331,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let (Some((a, na)), Some((b, nb))) = (min_c, max_c) {
         outln!(
             "smallest class: {} ({na} images); largest: {} ({nb} images)",
-            classes[a],
-            classes[b]
+            Esc(&classes[a]),
+            Esc(&classes[b])
         );
     }
     class_dist.print(args.buckets)?;
@@ -257,7 +342,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !unreadable.is_empty() {
         outln!("\nunreadable headers ({}):", unreadable.len());
         for name in &unreadable {
-            outln!("  {name}");
+            outln!("  {}", Esc(name));
         }
     }
     Ok(())

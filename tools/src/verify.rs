@@ -5,9 +5,10 @@ use std::time::Instant;
 
 use clap::ValueEnum;
 use imgloader::decode::{self, ColorSpace, DecodeError, Decoder, ImageFormat};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::Labels;
+use crate::escape::Esc;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -124,87 +125,152 @@ fn check(state: &mut (Decoder, Vec<u8>), source: &dyn imgloader::Source, i: usiz
     Outcome::Good { bytes: len, odd }
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+/// What `verify` found: printed as text, or as JSON with `--json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    source: String,
+    images: usize,
+    classes: usize,
+    bytes: u64,
+    seconds: f64,
+    /// Files that decode but are unusual.
+    odd: Vec<OddFile>,
+    bad: Vec<BadFile>,
+    expected: Option<Expected>,
+    /// No bad file, and the counts are as expected.
+    ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct OddFile {
+    name: String,
+    /// Comma-separated: `cmyk`, `grayscale`, `png-named-jpeg`, …
+    kind: String,
+}
+
+#[derive(Debug, Serialize)]
+struct BadFile {
+    name: String,
+    kind: &'static str,
+    error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Expected {
+    ok: bool,
+    want: String,
+}
+
+fn scan(args: &Args) -> anyhow::Result<Report> {
     let start = Instant::now();
     let (source, _) = crate::open(&args.src, &args.labels, false)?;
     let outcomes = crate::scan::each_sample(&*source, args.threads, "verify", |s, i| {
         check(s, &*source, i)
     })?;
-    let secs = start.elapsed().as_secs_f64();
+    let seconds = start.elapsed().as_secs_f64();
 
-    let (mut odd, mut bad, mut total_bytes) = (Vec::new(), Vec::new(), 0u64);
-    for (i, o) in outcomes.iter().enumerate() {
+    let (mut odd, mut bad, mut bytes) = (Vec::new(), Vec::new(), 0u64);
+    for (i, o) in outcomes.into_iter().enumerate() {
         match o {
-            Outcome::Good { bytes, odd: kinds } => {
-                total_bytes += *bytes as u64;
+            Outcome::Good {
+                bytes: n,
+                odd: kinds,
+            } => {
+                bytes += n as u64;
                 if !kinds.is_empty() {
-                    odd.push((source.name(i), kinds.join(",")));
+                    odd.push(OddFile {
+                        name: source.name(i),
+                        kind: kinds.join(","),
+                    });
                 }
             }
-            Outcome::Bad { bytes, kind, error } => {
-                total_bytes += *bytes as u64;
-                bad.push((source.name(i), *kind, error.clone()));
+            Outcome::Bad {
+                bytes: n,
+                kind,
+                error,
+            } => {
+                bytes += n as u64;
+                bad.push(BadFile {
+                    name: source.name(i),
+                    kind,
+                    error,
+                });
             }
         }
     }
     let (images, classes) = (source.len(), source.classes().len());
-    let expect = args.expect.map(|e| {
+    let expected = args.expect.map(|e| {
         let (counts, want_classes) = e.counts();
-        let ok = counts.contains(&images) && classes == want_classes;
         let want = counts
             .iter()
             .map(|c| c.to_string())
             .collect::<Vec<_>>()
             .join(" or ");
-        (ok, format!("{want} images in {want_classes} classes"))
+        Expected {
+            ok: counts.contains(&images) && classes == want_classes,
+            want: format!("{want} images in {want_classes} classes"),
+        }
     });
+    Ok(Report {
+        source: args.src.display().to_string(),
+        images,
+        classes,
+        bytes,
+        seconds,
+        ok: bad.is_empty() && expected.as_ref().is_none_or(|e| e.ok),
+        odd,
+        bad,
+        expected,
+    })
+}
 
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let r = crate::json_on_failure(args.json, &args.src, || scan(&args))?;
+    let src = Esc(args.src.display());
     if args.json {
-        let v = json!({
-            "source": args.src.display().to_string(),
-            "images": images,
-            "classes": classes,
-            "bytes": total_bytes,
-            "seconds": secs,
-            "odd": odd.iter().map(|(name, kind)| json!({"name": name, "kind": kind})).collect::<Vec<_>>(),
-            "bad": bad.iter().map(|(name, kind, error)| json!({"name": name, "kind": kind, "error": error})).collect::<Vec<_>>(),
-            "expected": expect.as_ref().map(|(ok, want)| json!({"ok": ok, "want": want})),
-            "ok": bad.is_empty() && expect.as_ref().is_none_or(|(ok, _)| *ok),
-        });
-        outln!("{v}");
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
         outln!(
-            "{}: decoded {images} images in {classes} classes ({:.1} MB) in {secs:.2}s with {} threads",
-            args.src.display(),
-            total_bytes as f64 / 1e6,
+            "{src}: decoded {} images in {} classes ({:.1} MB) in {:.2}s with {} threads",
+            r.images,
+            r.classes,
+            r.bytes as f64 / 1e6,
+            r.seconds,
             args.threads
         );
-        if !odd.is_empty() {
-            outln!("odd files ({}; they decode):", odd.len());
-            for (name, kind) in &odd {
-                outln!("  {kind}: {name}");
+        if !r.odd.is_empty() {
+            outln!("odd files ({}; they decode):", r.odd.len());
+            for f in &r.odd {
+                outln!("  {}: {}", f.kind, Esc(&f.name));
             }
         }
-        if !bad.is_empty() {
-            outln!("bad files ({}):", bad.len());
-            for (name, kind, error) in &bad {
-                outln!("  {kind}: {name}: {error}");
+        if !r.bad.is_empty() {
+            outln!("bad files ({}):", r.bad.len());
+            for f in &r.bad {
+                outln!("  {}: {}: {}", f.kind, Esc(&f.name), Esc(&f.error));
             }
         }
-        if let Some((ok, want)) = &expect {
-            let verdict = if *ok { "ok" } else { "MISMATCH" };
+        if let Some(e) = &r.expected {
+            let verdict = if e.ok { "ok" } else { "MISMATCH" };
             outln!(
-                "counts: {verdict} (expected {want}, found {images} images in {classes} classes)"
+                "counts: {verdict} (expected {}, found {} images in {} classes)",
+                e.want,
+                r.images,
+                r.classes
             );
         }
     }
-    if !bad.is_empty() {
-        anyhow::bail!("{}: {} bad file(s)", args.src.display(), bad.len());
+    // Error messages are escaped once, where main prints them.
+    let src = args.src.display();
+    if !r.bad.is_empty() {
+        anyhow::bail!("{src}: {} bad file(s)", r.bad.len());
     }
-    if let Some((false, want)) = &expect {
+    if let Some(e) = r.expected.as_ref().filter(|e| !e.ok) {
         anyhow::bail!(
-            "{}: expected {want}, found {images} images in {classes} classes",
-            args.src.display()
+            "{src}: expected {}, found {} images in {} classes",
+            e.want,
+            r.images,
+            r.classes
         );
     }
     Ok(())

@@ -318,4 +318,83 @@ fn issue_foreign_sidecar_with_same_size_and_mtime_is_rebuilt() {
     std::fs::copy(t.path().join("a.tar.idx"), t.path().join("b.tar.idx")).unwrap();
     let noted = ok(&["index", s(&b)]);
     assert!(noted.contains("another tar"), "{noted}");
+
+/// Fails unless `text` is free of raw control characters (line ends aside) and of the forged line.
+fn assert_clean(what: &str, text: &str) {
+    for c in text.chars() {
+        assert!(c == '\n' || !c.is_control(), "{what}: raw {c:?} in\n{text}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with("0 bad")),
+        "{what}: forged line in\n{text}"
+    );
+}
+
+/// Issue item 8: member names with a newline and terminal escapes were printed raw, so a name could
+/// forge an "all good" line or clear the screen. Every human output escapes them; JSON keeps them exact.
+#[test]
+fn issue_8_names_with_control_characters_are_escaped_in_text_output() {
+    let t = tempfile::tempdir().unwrap();
+    let odd = imgfixtures::odd::odd_dir();
+    let jpeg = std::fs::read(odd.join("rgb.jpg")).unwrap();
+    let junk = std::fs::read(odd.join("not_an_image.JPEG")).unwrap();
+    let evil = "n01/a\n0 bad, 100 good\x1b[2J.jpg";
+    let evil_class = "n0\x1b]2;pwned\x07";
+    let mut tar = Vec::new();
+    use tar::EntryType::Regular;
+    append(&mut tar, "n01/good.jpg", &jpeg, Regular, None);
+    append(&mut tar, evil, &junk, Regular, None);
+    append(
+        &mut tar,
+        &format!("{evil_class}/b.jpg"),
+        &jpeg,
+        Regular,
+        None,
+    );
+    tar.extend_from_slice(&[0; 1024]);
+    // The dataset's own path is untrusted text too.
+    let src = t.path().join("data\x1b[31m.tar");
+    std::fs::write(&src, &tar).unwrap();
+    let escaped = "a\\n0 bad, 100 good\\u{1b}[2J.jpg";
+
+    let (stdout, stderr) = fails(&["verify", s(&src), "-j", "1"]);
+    assert_clean("verify stdout", &stdout);
+    assert_clean("verify stderr", &stderr);
+    assert!(stdout.contains(escaped), "{stdout}");
+    assert!(stdout.contains("data\\u{1b}[31m.tar"), "{stdout}");
+    let out = crate::util::imgtool(&["verify", s(&src), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let name = v["bad"][0]["name"].as_str().unwrap();
+    assert!(
+        name.ends_with(&evil[4..]),
+        "JSON keeps the exact name: {name:?}"
+    );
+
+    let stats = ok(&["stats", s(&src), "-j", "1"]);
+    assert_clean("stats", &stats);
+    assert!(
+        stats.contains(escaped) && stats.contains("n0\\u{1b}]2;pwned\\u{7}"),
+        "{stats}"
+    );
+
+    let index = crate::util::imgtool(&["index", s(&src)]);
+    assert!(index.status.success());
+    assert_clean("index", &String::from_utf8_lossy(&index.stdout));
+    assert_clean("index stderr", &String::from_utf8_lossy(&index.stderr));
+
+    let out = t.path().join("out");
+    let run = crate::util::imgtool(&["shard", s(&src), "--out", s(&out), "--skip-bad"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stderr}");
+    assert_clean("shard stdout", &stdout);
+    assert_clean("shard stderr", &stderr);
+    assert!(stdout.contains(escaped), "{stdout}");
+
+    // Errors too: the message names the file.
+    let (_, stderr) = fails(&["shard", s(&src), "--out", s(&t.path().join("strict"))]);
+    assert_clean("shard error", &stderr);
+    assert!(stderr.contains(escaped), "{stderr}");
 }

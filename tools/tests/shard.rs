@@ -280,3 +280,52 @@ fn python_tarfile_reads_our_shards_and_we_read_theirs() {
         "{stdout}"
     );
 }
+
+/// Issue item 7: copying (no re-encode) used to check headers only, so a JPEG cut short and a
+/// "decompression bomb" (a tiny file whose header declares 60000x60000) went into the shards.
+#[test]
+fn issue_7_copy_mode_refuses_truncated_and_bomb_like_a_decode() {
+    let t = tempfile::tempdir().unwrap();
+    let class = t.path().join("src/n01");
+    std::fs::create_dir_all(&class).unwrap();
+    let odd = imgfixtures::odd::odd_dir();
+    let good = std::fs::read(odd.join("rgb.jpg")).unwrap();
+    std::fs::write(class.join("good.jpg"), &good).unwrap();
+    std::fs::copy(odd.join("truncated.jpg"), class.join("cut.jpg")).unwrap();
+    let mut bomb = good.clone();
+    let sof = bomb.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    bomb[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+    bomb[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+    std::fs::write(class.join("bomb.jpg"), &bomb).unwrap();
+    let src = t.path().join("src");
+
+    let (_, err) = fails(&["shard", s(&src), "--out", s(&t.path().join("strict"))]);
+    assert!(
+        err.contains("bomb.jpg") || err.contains("cut.jpg"),
+        "no culprit named: {err}"
+    );
+    assert!(
+        err.contains("over the limit") || err.contains("truncated"),
+        "{err}"
+    );
+
+    let out = t.path().join("skip");
+    let stdout = ok(&["shard", s(&src), "--out", s(&out), "--skip-bad"]);
+    assert!(stdout.contains("left out 2 bad sample(s)"), "{stdout}");
+    assert!(
+        stdout.contains("bomb.jpg") && stdout.contains("image is 60000x60000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("cut.jpg") && stdout.contains("truncated JPEG"),
+        "{stdout}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["samples"], 1, "{manifest}");
+    assert_eq!(manifest["bad"].as_array().unwrap().len(), 2, "{manifest}");
+    let back = open(&out);
+    assert_eq!(back.len(), 1);
+    let mut scratch = Vec::new();
+    assert_eq!(back.bytes(0, &mut scratch).unwrap(), &good[..]);
+}

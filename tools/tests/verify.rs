@@ -72,3 +72,95 @@ fn good_data_passes_and_counts_are_checked() {
     let (_, err) = fails(&["verify", s(&t.path().join("missing"))]);
     assert!(err.contains("missing"), "{err}");
 }
+
+/// Issue item 10: `bench --json` printed `inf`/`NaN` when no image decoded, and `verify --json` printed
+/// nothing when the dataset could not be opened. Every `--json` run prints one JSON object, whatever
+/// happens; a failure is `{"ok": false, "error": …}` on stdout and a non-zero exit.
+#[test]
+fn issue_10_json_output_is_json_in_every_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let broken = t.path().join("broken");
+    std::fs::create_dir_all(broken.join("cls")).unwrap();
+    let odd = imgfixtures::odd::odd_dir();
+    for (name, fixture) in [("a.jpg", "truncated.jpg"), ("b.jpg", "not_an_image.JPEG")] {
+        std::fs::copy(odd.join(fixture), broken.join("cls").join(name)).unwrap();
+    }
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let missing = t.path().join("missing");
+    let (b, e, m) = (s(&broken), s(&empty), s(&missing));
+
+    /// Runs imgtool; returns (exit ok, the one JSON object on stdout).
+    fn json(args: &[&str]) -> (bool, serde_json::Value) {
+        let out = crate::util::imgtool(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let v = serde_json::from_str(&stdout)
+            .unwrap_or_else(|err| panic!("{args:?}: not JSON ({err}):\n{stdout}\n{stderr}"));
+        (out.status.success(), v)
+    }
+    /// A failure: non-zero exit, `ok: false` and an error naming `culprit`.
+    fn failed(args: &[&str], culprit: &str) {
+        let (success, v) = json(args);
+        assert!(!success, "{args:?} should fail: {v}");
+        assert_eq!(v["ok"], false, "{args:?}: {v}");
+        let error = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{args:?}: {v}"));
+        assert!(error.contains(culprit), "{args:?}: {error}");
+    }
+
+    for cmd in ["verify", "stats", "bench"] {
+        failed(&[cmd, m, "--json"], m);
+        failed(&[cmd, e, "--json"], e);
+    }
+    failed(&["stats", b, "--json", "--buckets", "0"], "--buckets");
+    failed(&["bench", b, "--json", "-j", "0"], "threads");
+
+    // Nothing decodes: a rate per image is null, not inf or NaN.
+    let (success, v) = json(&["bench", b, "--json", "--pipeline", "decode", "-j", "1"]);
+    assert!(success, "{v}");
+    assert_eq!(
+        (v["images"].as_u64(), v["bad_samples"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert_eq!(v["images_per_sec"], 0.0, "{v}");
+    assert!(v["cpu_ms_per_image"].is_null(), "{v}");
+    // Nothing timed: every rate is null.
+    let (success, v) = json(&[
+        "bench",
+        b,
+        "--json",
+        "--pipeline",
+        "decode",
+        "--epochs",
+        "0",
+    ]);
+    assert!(success, "{v}");
+    for key in [
+        "images_per_sec",
+        "images_per_sec_per_thread",
+        "mb_per_sec",
+        "cpu_ms_per_image",
+    ] {
+        assert!(v[key].is_null(), "{key}: {v}");
+    }
+    // The loader pipelines give up or go on; either way the output is JSON.
+    for pipeline in ["train", "val"] {
+        let (success, v) = json(&["bench", b, "--json", "--pipeline", pipeline, "-j", "1"]);
+        assert!(success || v["error"].is_string(), "{v}");
+    }
+    // Bad files: the report, with ok false; no header read: the distributions are null.
+    let (success, v) = json(&["verify", b, "--json"]);
+    assert!(
+        !success && v["ok"] == false && v["bad"].as_array().unwrap().len() == 2,
+        "{v}"
+    );
+    let junk = t.path().join("junk");
+    std::fs::create_dir_all(junk.join("cls")).unwrap();
+    std::fs::copy(odd.join("not_an_image.JPEG"), junk.join("cls/x.jpg")).unwrap();
+    let (success, v) = json(&["stats", s(&junk), "--json"]);
+    assert!(success && v["width"].is_null(), "{v}");
+    assert_eq!(v["unreadable_headers"].as_array().unwrap().len(), 1, "{v}");
+}

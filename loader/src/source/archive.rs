@@ -215,24 +215,14 @@ impl TarSource {
                 let labels_path = opts.labels.as_deref().unwrap_or(Path::new(""));
                 let labels = LabelSet::load(labels_path, opts.synsets.as_deref())?;
                 let n = archive.index.len();
-                let (mut refs, mut labs) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                let (mut missing, mut missing_count) = (Vec::new(), 0);
-                for i in 0..n {
-                    let name = archive.index.name(&archive.index.record(i));
-                    match labels.get(name) {
-                        Some(l) => {
-                            refs.push((0, i as u32));
-                            labs.push(l);
-                        }
-                        None => push_limited(&mut missing, &mut missing_count, || name.to_owned()),
-                    }
-                }
-                labels.check(missing, missing_count)?;
+                let names = (0..n).map(|i| archive.index.name(&archive.index.record(i)));
+                let (mut labs, classes) = labels.assign(names, report)?;
+                let mut refs: Vec<(u32, u32)> = (0..n as u32).map(|i| (0, i)).collect();
                 let archives = vec![archive];
                 sort_refs(&archives, &mut refs, &mut labs);
                 Ok(TarSource {
                     archives,
-                    classes: labels.classes,
+                    classes,
                     order: Order::Mapped { refs, labels: labs },
                     layout: Layout::FlatTar,
                 })

@@ -2,16 +2,19 @@
 //! labels file.
 //!
 //! Like `ImageFolder` (which walks with `os.walk(followlinks=True)`), symlinks are followed, to files and
-//! to folders; a symlink back to a folder being walked is skipped (and counted in `Skipped::links`)
-//! instead of looping. Broken symlinks are skipped and counted too. Order inside a class is
-//! `sorted(os.walk())` order: files of a folder by name, then each sub-folder's files, folders by path.
+//! to folders; a symlink back to a folder being walked, or to one above the dataset folder (`/`), is
+//! skipped (and counted in `Skipped::links`) instead of looping or listing the disk, and a class folder
+//! that is such a link is refused ([`Error::LinkCycle`]). The walk is bounded ([`WalkLimits`]: depth and
+//! entries, far above ImageNet's), so a link to some other big folder fails in bounded time. Broken
+//! symlinks are skipped and counted too. Order inside a class is `sorted(os.walk())` order: files of a
+//! folder by name, then each sub-folder's files, folders by path.
 
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::labels::LabelSet;
-use super::{FileKind, Layout, OpenOptions, OpenReport, Skipped, Source, file_kind, push_limited};
+use super::{FileKind, Layout, OpenOptions, OpenReport, Skipped, Source, file_kind};
 use crate::error::io_err;
 use crate::error::{Error, Result};
 
@@ -85,65 +88,143 @@ pub(crate) fn has_class_dirs(root: &Path) -> Result<bool> {
     Ok(false)
 }
 
-/// Entries of `dir` sorted by name (bytes, like Python's `sorted` of str), hidden ones counted and dropped.
-fn listing(dir: &Path, skipped: &mut Skipped) -> Result<Vec<(Vec<u8>, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = os_bytes(&entry.file_name()).to_vec();
-        if name.starts_with(b".") {
-            skipped.hidden += 1;
-            continue;
-        }
-        out.push((name, entry.path()));
-    }
-    out.sort();
-    Ok(out)
+/// Bounds of a folder walk, so that a symlink to a system folder fails in bounded time instead of listing
+/// the disk. Links to the dataset folder or above it are refused outright (see [`Walk::ancestors`]); these
+/// catch the rest, such as a class folder linking to `/usr`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalkLimits {
+    /// Folder levels below the dataset folder. ImageNet's images sit 1 level down (`class/x.JPEG`), and
+    /// nested category trees we know stay under 10; 32 also keeps the recursion far from the stack's end.
+    pub depth: usize,
+    /// Directory entries read. ImageNet-1k has 1.28M files, ImageNet-21k 14.2M: 50M is 3.5 times the
+    /// largest, and a walk that gets there has spent minutes stat-ing files that are not a dataset's.
+    pub entries: u64,
 }
 
-/// Appends the images under `dir` (relative path `rel`) to `found`, with their sizes, in no particular
-/// order: callers sort by [`dir_file`], which is `sorted(os.walk())` order.
-fn walk(
-    dir: &Path,
-    rel: &[u8],
-    ancestors: &mut Vec<(u64, u64)>,
-    skipped: &mut Skipped,
-    found: &mut Vec<(Vec<u8>, u64)>,
-) -> Result<()> {
-    for (name, path) in listing(dir, skipped)? {
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(_) => {
-                // A broken symlink (the entry itself exists, or read_dir would not list it).
-                skipped.links += 1;
-                continue;
-            }
-        };
-        let mut child = rel.to_vec();
-        if !child.is_empty() {
-            child.push(b'/');
-        }
-        child.extend_from_slice(&name);
-        if meta.is_dir() {
-            let id = dir_id(&meta);
-            if cfg!(unix) && ancestors.contains(&id) {
-                skipped.links += 1;
-            } else {
-                ancestors.push(id);
-                walk(&path, &child, ancestors, skipped, found)?;
-                ancestors.pop();
-            }
-        } else if !meta.is_file() {
-            skipped.devices += 1;
-        } else {
-            match file_kind(&String::from_utf8_lossy(&name)) {
-                FileKind::Image => found.push((child, meta.len())),
-                FileKind::UnsupportedImage => skipped.unsupported_image += 1,
-                FileKind::Other => skipped.non_image += 1,
-            }
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits {
+            depth: 32,
+            entries: 50_000_000,
         }
     }
-    Ok(())
+}
+
+/// One walk over a dataset folder: its bounds, where it is, and what it skipped.
+struct Walk<'a> {
+    /// The dataset folder, for messages.
+    root: &'a Path,
+    limits: WalkLimits,
+    /// Identity of every folder from `/` down to the one being listed (the dataset folder's own ancestors
+    /// included): a symlink to one of them is a cycle, and one to `/` or above the dataset would list the
+    /// dataset again inside itself, or the whole disk.
+    ancestors: Vec<(u64, u64)>,
+    entries: u64,
+    skipped: Skipped,
+}
+
+impl<'a> Walk<'a> {
+    fn new(root: &'a Path, limits: WalkLimits) -> Result<Walk<'a>> {
+        let real = fs::canonicalize(root).map_err(io_err(root))?;
+        let mut ancestors = Vec::new();
+        for dir in real.ancestors() {
+            let meta = fs::metadata(dir).map_err(io_err(dir))?;
+            ancestors.push(dir_id(&meta));
+        }
+        ancestors.reverse();
+        Ok(Walk {
+            root,
+            limits,
+            ancestors,
+            entries: 0,
+            skipped: Skipped::default(),
+        })
+    }
+
+    /// Whether the folder `meta` describes is the dataset folder, one above it, or one being walked.
+    fn is_ancestor(&self, meta: &fs::Metadata) -> bool {
+        cfg!(unix) && self.ancestors.contains(&dir_id(meta))
+    }
+
+    /// Entries of `dir` sorted by name (bytes, like Python's `sorted` of str), hidden ones counted and
+    /// dropped.
+    fn listing(&mut self, dir: &Path) -> Result<Vec<(Vec<u8>, PathBuf)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            self.entries += 1;
+            if self.entries > self.limits.entries {
+                return Err(Error::WalkLimit {
+                    root: self.root.to_owned(),
+                    at: dir.to_owned(),
+                    what: "entries",
+                    limit: self.limits.entries,
+                });
+            }
+            let name = os_bytes(&entry.file_name()).to_vec();
+            if name.starts_with(b".") {
+                self.skipped.hidden += 1;
+                continue;
+            }
+            out.push((name, entry.path()));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Appends the images under `dir` (relative path `rel`, `depth` levels below the dataset folder) to
+    /// `found`, with their sizes, in no particular order: callers sort by [`dir_file`], which is
+    /// `sorted(os.walk())` order.
+    fn walk(
+        &mut self,
+        dir: &Path,
+        rel: &[u8],
+        depth: usize,
+        found: &mut Vec<(Vec<u8>, u64)>,
+    ) -> Result<()> {
+        for (name, path) in self.listing(dir)? {
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(_) => {
+                    // A broken symlink (the entry itself exists, or read_dir would not list it).
+                    self.skipped.links += 1;
+                    continue;
+                }
+            };
+            let mut child = rel.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(&name);
+            if meta.is_dir() {
+                if self.is_ancestor(&meta) {
+                    self.skipped.links += 1;
+                    continue;
+                }
+                if depth >= self.limits.depth {
+                    return Err(Error::WalkLimit {
+                        root: self.root.to_owned(),
+                        at: path,
+                        what: "folder levels below it",
+                        limit: self.limits.depth as u64,
+                    });
+                }
+                self.ancestors.push(dir_id(&meta));
+                let walked = self.walk(&path, &child, depth + 1, found);
+                self.ancestors.pop();
+                walked?;
+            } else if !meta.is_file() {
+                self.skipped.devices += 1;
+            } else {
+                match file_kind(&String::from_utf8_lossy(&name)) {
+                    FileKind::Image => found.push((child, meta.len())),
+                    FileKind::UnsupportedImage => self.skipped.unsupported_image += 1,
+                    FileKind::Other => self.skipped.non_image += 1,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `(folder, file)` of a relative path in bytes: the walk order key.
@@ -179,14 +260,29 @@ impl FolderSource {
 
     /// Opens a folder of class folders.
     pub(crate) fn open_classes(root: &Path, report: &mut OpenReport) -> Result<FolderSource> {
+        Self::open_classes_within(root, WalkLimits::default(), report)
+    }
+
+    /// [`open_classes`](Self::open_classes) with other walk bounds (tests).
+    pub(crate) fn open_classes_within(
+        root: &Path,
+        limits: WalkLimits,
+        report: &mut OpenReport,
+    ) -> Result<FolderSource> {
         report.layout = Layout::ClassFolders;
-        let mut skipped = Skipped::default();
+        let mut walk = Walk::new(root, limits)?;
         let mut class_dirs = Vec::new();
-        for (name, path) in listing(root, &mut skipped)? {
+        for (name, path) in walk.listing(root)? {
             match fs::metadata(&path) {
+                // A class folder that is the dataset folder or above it: refused rather than skipped,
+                // since skipping would silently drop a class and shift every label after it.
+                Ok(m) if m.is_dir() && walk.is_ancestor(&m) => {
+                    let target = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                    return Err(Error::LinkCycle { path, target });
+                }
                 Ok(m) if m.is_dir() => class_dirs.push((name, path, dir_id(&m))),
-                Ok(_) => skipped.outside_class += 1,
-                Err(_) => skipped.links += 1,
+                Ok(_) => walk.skipped.outside_class += 1,
+                Err(_) => walk.skipped.links += 1,
             }
         }
         if class_dirs.is_empty() {
@@ -198,19 +294,13 @@ impl FolderSource {
         let mut classes = Vec::with_capacity(class_dirs.len());
         let mut found = Vec::new();
         let mut empty = Vec::new();
-        let root_id = fs::metadata(root)
-            .map(|m| dir_id(&m))
-            .map_err(io_err(root))?;
         for (label, (name, path, id)) in class_dirs.into_iter().enumerate() {
             let class = String::from_utf8_lossy(&name).into_owned();
             let mut images = Vec::new();
-            walk(
-                &path,
-                &name,
-                &mut vec![root_id, id],
-                &mut skipped,
-                &mut images,
-            )?;
+            walk.ancestors.push(id);
+            let walked = walk.walk(&path, &name, 1, &mut images);
+            walk.ancestors.pop();
+            walked?;
             if images.is_empty() {
                 empty.push(class.clone());
             }
@@ -224,7 +314,7 @@ impl FolderSource {
                 classes: empty,
             });
         }
-        report.skipped.add(&skipped);
+        report.skipped.add(&walk.skipped);
         report.image_bytes = found.iter().map(|f| f.2).sum();
         Ok(Self::from_found(root, classes, found))
     }
@@ -240,33 +330,26 @@ impl FolderSource {
             opts.labels.as_deref().unwrap_or(Path::new("")),
             opts.synsets.as_deref(),
         )?;
-        let mut skipped = Skipped::default();
+        let mut walk = Walk::new(root, WalkLimits::default())?;
         let mut images = Vec::new();
-        let root_id = fs::metadata(root)
-            .map(|m| dir_id(&m))
-            .map_err(io_err(root))?;
-        walk(root, &[], &mut vec![root_id], &mut skipped, &mut images)?;
+        walk.walk(root, &[], 0, &mut images)?;
         if images.is_empty() {
             return Err(Error::EmptyDataset {
                 path: root.to_owned(),
                 reason: "no .jpg/.jpeg/.png file".into(),
             });
         }
-        let (mut missing, mut missing_count) = (Vec::new(), 0);
-        let mut found = Vec::with_capacity(images.len());
-        for (p, size) in images {
-            match labels.get(&String::from_utf8_lossy(&p)) {
-                Some(l) => found.push((l, p, size)),
-                None => push_limited(&mut missing, &mut missing_count, || {
-                    String::from_utf8_lossy(&p).into_owned()
-                }),
-            }
-        }
-        labels.check(missing, missing_count)?;
+        let names = images.iter().map(|(p, _)| String::from_utf8_lossy(p));
+        let (labs, classes) = labels.assign(names, report)?;
+        let mut found: Vec<(u32, Vec<u8>, u64)> = labs
+            .into_iter()
+            .zip(images)
+            .map(|(l, (p, size))| (l, p, size))
+            .collect();
         found.sort_by(|(la, a, _), (lb, b, _)| (la, dir_file(a)).cmp(&(lb, dir_file(b))));
-        report.skipped.add(&skipped);
+        report.skipped.add(&walk.skipped);
         report.image_bytes = found.iter().map(|f| f.2).sum();
-        Ok(Self::from_found(root, labels.classes, found))
+        Ok(Self::from_found(root, classes, found))
     }
 
     fn rel(&self, index: usize) -> &[u8] {
@@ -305,5 +388,37 @@ impl Source for FolderSource {
 
     fn name(&self, index: usize) -> String {
         self.path(index).display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_stops_at_the_entry_limit_naming_folder_and_limit() {
+        let t = tempfile::tempdir().unwrap();
+        for class in ["a", "b"] {
+            std::fs::create_dir_all(t.path().join(class)).unwrap();
+            for i in 0..5 {
+                std::fs::write(t.path().join(class).join(format!("{i}.jpg")), b"x").unwrap();
+            }
+        }
+        // 2 class folders + 10 files: 12 entries.
+        let limits = |entries| WalkLimits { depth: 32, entries };
+        let mut report = OpenReport::default();
+        let src = FolderSource::open_classes_within(t.path(), limits(12), &mut report).unwrap();
+        assert_eq!(src.len(), 10);
+        let err = FolderSource::open_classes_within(t.path(), limits(11), &mut report).unwrap_err();
+        match &err {
+            Error::WalkLimit {
+                root, at, limit, ..
+            } => {
+                assert_eq!((root.as_path(), *limit), (t.path(), 11));
+                assert_eq!(at, &t.path().join("b"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("more than 11 entries"), "{err}");
     }
 }

@@ -14,22 +14,28 @@
 //! Images are matched by base name without an image extension, so `val/ILSVRC2012_val_00000001.JPEG`,
 //! `ILSVRC2012_val_00000001.JPEG` and `ILSVRC2012_val_00000001` are the same key.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::{FileKind, ext_kind, push_limited, split_dir};
+use super::{FileKind, OpenReport, ext_kind, push_limited, split_dir};
 use crate::error::{Error, Result};
 
 /// Label of every image key, and the class table.
 #[derive(Debug)]
 pub(crate) struct LabelSet {
     pub path: PathBuf,
-    /// Sorted synsets (or class names).
-    pub classes: Vec<String>,
-    by_key: HashMap<String, u32>,
+    /// Sorted synsets (or class names): those of the synset list, else those of every row.
+    classes: Vec<String>,
+    /// Whether `classes` came from a synset list (and is therefore the dataset's whole class table).
+    from_list: bool,
+    /// Label (index into `classes`) and line of each image key.
+    by_key: HashMap<String, (u32, usize)>,
     unknown: Vec<String>,
     unknown_count: usize,
 }
+
+/// How many rows for absent images a warning names before it only counts.
+const UNUSED_NAMED: usize = 3;
 
 /// The key an image or a label line is matched by.
 pub(crate) fn key_of(name: &str) -> &str {
@@ -40,13 +46,19 @@ pub(crate) fn key_of(name: &str) -> &str {
     }
 }
 
+/// The file as text, without a leading byte order mark: Excel and Windows editors save CSV and text as
+/// UTF-8 with one, and left in place it would glue itself to the first header or file name.
 fn read_text(path: &Path) -> Result<String> {
     let bytes = super::file::read_regular(path)?;
-    String::from_utf8(bytes).map_err(|e| Error::LabelsFile {
+    let mut text = String::from_utf8(bytes).map_err(|e| Error::LabelsFile {
         path: path.to_owned(),
         line: 0,
         reason: format!("not UTF-8 text ({e})"),
-    })
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }
 
 fn bad(path: &Path, line: usize, reason: impl Into<String>) -> Error {
@@ -248,28 +260,96 @@ impl LabelSet {
         Ok(LabelSet {
             path: labels.to_owned(),
             classes,
-            by_key: by_key.into_iter().map(|(k, (l, _))| (k, l)).collect(),
+            from_list: list.is_some(),
+            by_key,
             unknown,
             unknown_count,
         })
     }
 
-    /// Label of the image called `name` (any path; matched by [`key_of`]).
-    pub(crate) fn get(&self, name: &str) -> Option<u32> {
-        self.by_key.get(key_of(name)).copied()
-    }
-
-    /// Fails listing the images without a label and the labels naming unknown classes, if any.
-    pub(crate) fn check(&self, missing: Vec<String>, missing_count: usize) -> Result<()> {
-        if missing_count == 0 && self.unknown_count == 0 {
-            return Ok(());
+    /// Labels the images found (`names`: any paths, matched by [`key_of`]), returning the label of each,
+    /// in the order given, and the class table. Fails listing the images without a label and the rows
+    /// naming a class the synset list lacks, if any.
+    ///
+    /// The classes are the synset list's when one was given (it is the whole class table, the train set's
+    /// too). Without one they are the synsets of the images found, never those of rows for images the
+    /// dataset lacks: `LOC_val_solution.csv` lists all 50,000 val images, and a class only absent images
+    /// have would shift every label after it and no longer match the train set's classes. Such rows are
+    /// counted in [`OpenReport::unused_labels`] and named in a warning.
+    pub(crate) fn assign<I>(
+        self,
+        names: I,
+        report: &mut OpenReport,
+    ) -> Result<(Vec<u32>, Vec<String>)>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let mut labels = Vec::new();
+        let (mut missing, mut missing_count) = (Vec::new(), 0);
+        let mut used: HashSet<&str> = HashSet::new();
+        for name in names {
+            let name = name.as_ref();
+            match self.by_key.get_key_value(key_of(name)) {
+                Some((key, &(label, _))) => {
+                    used.insert(key);
+                    labels.push(label);
+                }
+                None => push_limited(&mut missing, &mut missing_count, || name.to_owned()),
+            }
         }
-        Err(Error::Labels {
-            path: self.path.clone(),
-            missing,
-            missing_count,
-            unknown: self.unknown.clone(),
-            unknown_count: self.unknown_count,
-        })
+        if missing_count > 0 || self.unknown_count > 0 {
+            return Err(Error::Labels {
+                path: self.path.clone(),
+                missing,
+                missing_count,
+                unknown: self.unknown.clone(),
+                unknown_count: self.unknown_count,
+            });
+        }
+        let mut unused: Vec<(usize, &str)> = self
+            .by_key
+            .iter()
+            .filter(|(k, _)| !used.contains(k.as_str()))
+            .map(|(k, &(_, line))| (line, k.as_str()))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort_unstable();
+            let named: Vec<&str> = unused.iter().take(UNUSED_NAMED).map(|u| u.1).collect();
+            let more = unused.len().saturating_sub(UNUSED_NAMED);
+            report.unused_labels += unused.len() as u64;
+            report.warnings.push(format!(
+                "{}: {} row(s) label images the dataset does not have; ignored, they make no class \
+                 (first: {}{})",
+                self.path.display(),
+                unused.len(),
+                named.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                },
+            ));
+        }
+        if self.from_list {
+            return Ok((labels, self.classes));
+        }
+        // Renumber over the classes that have images, keeping their sorted order.
+        let mut present = vec![false; self.classes.len()];
+        for &l in &labels {
+            present[l as usize] = true;
+        }
+        let mut renumber = vec![u32::MAX; self.classes.len()];
+        let mut classes = Vec::new();
+        for (old, class) in self.classes.into_iter().enumerate() {
+            if present[old] {
+                renumber[old] = classes.len() as u32;
+                classes.push(class);
+            }
+        }
+        for l in &mut labels {
+            *l = renumber[*l as usize];
+        }
+        Ok((labels, classes))
     }
 }

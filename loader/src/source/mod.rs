@@ -206,6 +206,11 @@ pub struct OpenReport {
     pub index_files: Vec<PathBuf>,
     /// Index notes: why one was rebuilt, where it was saved instead, or that it stayed in memory.
     pub notes: Vec<String>,
+    /// Rows of the labels file for images the dataset does not have (ignored: they make no class).
+    pub unused_labels: u64,
+    /// What the caller should pass on to the user although the open succeeded, one line each (such as
+    /// unused label rows).
+    pub warnings: Vec<String>,
 }
 
 /// Open the dataset at `path`, autodetecting its layout (see the module docs).
