@@ -618,3 +618,89 @@ fn damaged_samples_never_leave_stale_pixels() {
         );
     }
 }
+
+/// Open file descriptors and resident memory of this process (Linux).
+fn fds_and_rss_kib() -> (usize, u64) {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
+/// Many epochs over a small dataset (tar and folders, with bad files among them) keep open files and
+/// memory flat. Measured in a process of its own (see below): other tests of this binary open files and
+/// allocate concurrently.
+#[test]
+fn resources_stay_flat_over_many_epochs() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "pipeline::resources_stay_flat_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("IMG_RESOURCE_CHILD", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("resources flat"),
+        "the child ran no check:\n{text}"
+    );
+}
+
+#[test]
+#[ignore = "run by resources_stay_flat_over_many_epochs in a process of its own"]
+fn resources_stay_flat_child() {
+    if std::env::var_os("IMG_RESOURCE_CHILD").is_none() {
+        return;
+    }
+    let dir = with_bad_files(&[
+        ("n00000001/zz_broken.JPEG", "truncated.jpg"),
+        ("n00000002/zz_empty.JPEG", "empty.JPEG"),
+    ]);
+    let sources = [
+        open(dir.path(), &OpenOptions::default()).unwrap(),
+        open(&dataset().join("train.tar"), &OpenOptions::default()).unwrap(),
+    ];
+    let loaders: Vec<_> = sources
+        .iter()
+        .map(|s| {
+            Loader::builder(s.clone())
+                .batch_size(8)
+                .threads(2)
+                .transform(small_train())
+                .seed(1)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let run = |epochs: std::ops::Range<u64>| {
+        for e in epochs {
+            for l in &loaders {
+                for b in l.epoch(e) {
+                    b.unwrap();
+                }
+            }
+        }
+    };
+    run(0..5);
+    let (fds, rss) = fds_and_rss_kib();
+    run(5..60);
+    let (fds_after, rss_after) = fds_and_rss_kib();
+    eprintln!("fds {fds} -> {fds_after}, RSS {rss} -> {rss_after} KiB over 55 more epochs");
+    assert_eq!(fds, fds_after, "open files grew");
+    // Allocator noise is a few hundred KiB; a leak of one buffer or image per batch would be megabytes.
+    assert!(
+        rss_after < rss + 4096,
+        "RSS grew from {rss} to {rss_after} KiB"
+    );
+    eprintln!("resources flat");
+}

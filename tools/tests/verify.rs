@@ -164,3 +164,65 @@ fn issue_10_json_output_is_json_in_every_failure() {
     assert!(success && v["width"].is_null(), "{v}");
     assert_eq!(v["unreadable_headers"].as_array().unwrap().len(), 1, "{v}");
 }
+
+/// Issue 12: libjpeg-turbo, the default decoder, took a damaged JPEG that PIL refuses for a good one (a
+/// fatal error after a warning read as a warning). Now verify lists it as bad, and a file that libjpeg only
+/// warns about (PIL decodes it too) as odd.
+#[test]
+fn damaged_jpegs_are_bad_or_odd_as_pil_sees_them() {
+    use imgloader::decode::{DecodeError, DecodeOptions, Decoder, JpegBackend};
+    let good = imgfixtures::odd::all()
+        .into_iter()
+        .find(|f| f.name == "rgb.jpg")
+        .unwrap()
+        .bytes;
+    let mut d = Decoder::new(DecodeOptions {
+        jpeg: JpegBackend::Turbo,
+        ..DecodeOptions::default()
+    });
+    let variants = imgfixtures::corrupt::variants(&good, 4);
+    let fatal = variants
+        .iter()
+        .find(|v| matches!(d.decode(&v.bytes), Err(DecodeError::Turbo { .. })))
+        .expect("a variant libjpeg refuses");
+    let warned = variants
+        .iter()
+        .find(|v| {
+            d.decode_region(&v.bytes, |w, h| imgloader::augment::CropBox {
+                top: 0,
+                left: 0,
+                height: h,
+                width: w,
+            })
+            .is_ok_and(|r| r.warnings > 0)
+        })
+        .expect("a variant libjpeg decodes with a warning");
+    let t = tempfile::tempdir().unwrap();
+    let class = t.path().join("n01");
+    std::fs::create_dir_all(&class).unwrap();
+    std::fs::write(class.join("good.jpg"), &good).unwrap();
+    std::fs::write(class.join("fatal.jpg"), &fatal.bytes).unwrap();
+    std::fs::write(class.join("warned.jpg"), &warned.bytes).unwrap();
+    let out = crate::util::imgtool(&["verify", s(t.path()), "--json"]);
+    assert!(!out.status.success(), "a bad file must fail verify");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{} {}", f["kind"], f["name"]))
+            .collect()
+    };
+    let (bad, odd) = (names("bad"), names("odd"));
+    assert!(
+        bad.len() == 1 && bad[0].contains("corrupt") && bad[0].contains("fatal.jpg"),
+        "{bad:?} ({})",
+        fatal.name
+    );
+    assert!(
+        odd.len() == 1 && odd[0].contains("damaged-data") && odd[0].contains("warned.jpg"),
+        "{odd:?} ({})",
+        warned.name
+    );
+}
