@@ -318,6 +318,7 @@ fn issue_foreign_sidecar_with_same_size_and_mtime_is_rebuilt() {
     std::fs::copy(t.path().join("a.tar.idx"), t.path().join("b.tar.idx")).unwrap();
     let noted = ok(&["index", s(&b)]);
     assert!(noted.contains("another tar"), "{noted}");
+}
 
 /// Fails unless `text` is free of raw control characters (line ends aside) and of the forged line.
 fn assert_clean(what: &str, text: &str) {
