@@ -1,11 +1,15 @@
 //! With the `turbojpeg` feature: compiles `src/decode/libjpeg_shim.c` against the headers of the
-//! libjpeg-turbo that `turbojpeg-sys` built (it links the library itself). Without it: nothing.
+//! libjpeg-turbo that `turbojpeg-sys` built (it links the library itself). Without it: nothing, and no C
+//! compiler is needed.
 
 fn main() {
     println!("cargo:rerun-if-changed=src/decode/libjpeg_shim.c");
-    if std::env::var_os("CARGO_FEATURE_TURBOJPEG").is_none() {
-        return;
-    }
+    #[cfg(feature = "turbojpeg")]
+    shim();
+}
+
+#[cfg(feature = "turbojpeg")]
+fn shim() {
     // turbojpeg-sys (`links = "turbojpeg"`) says where libjpeg-turbo's headers were installed; several
     // paths are comma-separated.
     let include = std::env::var("DEP_TURBOJPEG_INCLUDE")
