@@ -26,6 +26,7 @@
 //! The same (seed, epoch, rank, world) gives the same batches whatever the number of threads: each sample's
 //! randomness is a pure function of (seed, epoch, index) ([`sample_rng`]).
 
+pub mod atomic;
 pub mod augment;
 pub mod decode;
 mod decode_pool;

@@ -482,22 +482,11 @@ fn file_crc(path: &Path) -> std::io::Result<(u32, u64)> {
     }
 }
 
-/// Writes `bytes` to `dest` through a temporary file and a rename.
+/// Writes `bytes` to `dest` atomically and durably ([`crate::atomic::write_file`]).
 fn replace_file(dest: &Path, bytes: &[u8]) -> Result<()> {
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dest.with_file_name(format!(".{name}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            path: dest.to_owned(),
-            source: e,
-        }
+    crate::atomic::write_file(dest, bytes).map_err(|e| Error::Io {
+        path: dest.to_owned(),
+        source: e,
     })
 }
 
@@ -1119,8 +1108,8 @@ fn is_ours(name: &str) -> bool {
     };
     name == PROGRESS_FILE
         || name == MANIFEST_FILE
-        || name == format!(".{PROGRESS_FILE}.tmp")
-        || name == format!(".{MANIFEST_FILE}.tmp")
+        || crate::atomic::is_temporary_of(name, PROGRESS_FILE)
+        || crate::atomic::is_temporary_of(name, MANIFEST_FILE)
         || (shard_like(name) && (name.ends_with(".tar") || name.ends_with(".tar.idx")))
         || (shard_like(name.trim_start_matches('.')) && name.ends_with(".tmp"))
 }

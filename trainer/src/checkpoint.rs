@@ -14,12 +14,10 @@
 //! epoch (the loader's per-sample draws; libtorch's generator is reseeded at each epoch's start), so a run
 //! resumed at an epoch boundary draws exactly what the uninterrupted run would have.
 //!
-//! Writes go to `<name>.tmp`, are fsynced, renamed over `<name>`, and the folder is fsynced: a crash leaves
-//! the previous checkpoint or the new one, never a torn file.
+//! Writes go through [`imgloader::atomic::write_file`] (a synced temporary file renamed over `<name>`, then
+//! the folder synced): a crash leaves the previous checkpoint or the new one, never a torn file.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
@@ -281,33 +279,13 @@ pub fn encode(vs: &VarStore, sgd: &Sgd, meta: &Meta) -> Result<Vec<u8>> {
     })
 }
 
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: write to
-/// `<path>.tmp`, fsync, rename over `path`, fsync the folder.
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one
+/// ([`imgloader::atomic::write_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let fail = |source| TrainError::CheckpointWrite {
+    imgloader::atomic::write_file(path, bytes).map_err(|source| TrainError::CheckpointWrite {
         path: path.to_owned(),
         source,
-    };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    // Makes the rename itself durable.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
+    })
 }
 
 /// A checkpoint read from disk and checked.

@@ -2,9 +2,7 @@
 //! `INDEX_FORMAT.md`; this file is its only reader and writer.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::Mmap;
 
@@ -510,28 +508,6 @@ fn load(path: &Path, tar: &TarFile) -> std::result::Result<Option<IndexData>, St
     Ok(Some(index))
 }
 
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `dest` through a temporary file and a rename, so readers see the old index or the
-/// new one, never half of one.
-fn save(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let stem = name.strip_suffix(".idx").unwrap_or(&name);
-    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{stem}.{}-{seq}.idx.tmp", std::process::id()));
-    let result = File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes))
-        .and_then(|()| std::fs::rename(&tmp, dest));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// Gets the index of `tar` as `opts.index` says: load, or build and save. Records what it did in
 /// `report`.
 pub(crate) fn obtain(
@@ -593,7 +569,7 @@ pub(crate) fn obtain(
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            match save(path, &bytes) {
+            match crate::atomic::write_file(path, &bytes) {
                 Ok(()) => {
                     report.index_files.push(path.to_path_buf());
                     saved = true;
