@@ -153,8 +153,9 @@ impl DecodeOptions {
     }
 }
 
-/// The box covering a whole `width` x `height` image.
-pub(crate) fn whole(width: u32, height: u32) -> CropBox {
+/// The box covering a whole `width` x `height` image: as the `pick` of [`Decoder::decode_region`], a whole
+/// decode that still reports [`Region::warnings`].
+pub fn whole(width: u32, height: u32) -> CropBox {
     CropBox {
         top: 0,
         left: 0,

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::ValueEnum;
-use imgloader::augment::CropBox;
 use imgloader::decode::{self, ColorSpace, DecodeError, Decoder, ImageFormat};
 use serde::Serialize;
 
@@ -103,12 +102,7 @@ fn check(state: &mut (Decoder, Vec<u8>), source: &dyn imgloader::Source, i: usiz
         Err(e) => return bad(e),
     };
     // Decoded whole: damage anywhere in the file is seen.
-    let warned = match decoder.decode_region(bytes, |width, height| CropBox {
-        top: 0,
-        left: 0,
-        height,
-        width,
-    }) {
+    let warned = match decoder.decode_region(bytes, decode::whole) {
         Ok(region) => region.warnings > 0,
         Err(e) => return bad(e),
     };
