@@ -61,6 +61,11 @@ pub enum BadSamples {
         max_total: usize,
         max_consecutive: usize,
     },
+    /// Leave the sample out: its batch is shorter by one ([`Batch::len`] counts the samples present, packed
+    /// at the front of the buffer), it is reported in [`Batch::bad`], and the loader fails once more than
+    /// `max_total` were left out in its life. Evaluation wants this: every image counted at most once, and
+    /// no other image counted twice in a bad one's place.
+    Omit { max_total: usize },
 }
 
 impl Default for BadSamples {
@@ -513,7 +518,8 @@ impl<A: Allocator> Loader<A> {
 pub struct Batch<B: AsRef<[u8]> + AsMut<[u8]> + Send + 'static> {
     /// Position of this batch in the epoch.
     pub index: usize,
-    /// Samples in this batch (the last one of an epoch may be short).
+    /// Samples in this batch (the last one of an epoch may be short, and so may a batch from which
+    /// [`BadSamples::Omit`] left samples out).
     pub len: usize,
     /// Output height and width.
     pub size: (u32, u32),
@@ -521,7 +527,7 @@ pub struct Batch<B: AsRef<[u8]> + AsMut<[u8]> + Send + 'static> {
     pub labels: Vec<u32>,
     /// Source index of each sample (after substitution of bad ones).
     pub indices: Vec<usize>,
-    /// Samples that could not be used and were replaced.
+    /// Samples that could not be used: replaced ([`BadSamples::Skip`]) or left out ([`BadSamples::Omit`]).
     pub bad: Vec<BadSample>,
     buffer: Option<B>,
     bytes: usize,
@@ -638,12 +644,12 @@ impl<A: Allocator> Epoch<'_, A> {
                 };
                 let batch = result.map(|filled| Batch {
                     index: k,
-                    len: indices.len(),
+                    len: filled.labels.len(),
                     size: (h, w),
+                    bytes: filled.labels.len() * per_sample_bytes,
                     labels: filled.labels,
                     indices: filled.indices,
                     bad: filled.bad,
-                    bytes: indices.len() * per_sample_bytes,
                     buffer: Some(buffer),
                     recycle,
                 });
@@ -701,6 +707,14 @@ struct Filled {
     bad: Vec<BadSample>,
 }
 
+/// What became of one slot of a batch.
+struct Slot {
+    /// Label and source index of the sample now in the slot; `None`: the slot is empty (left out).
+    used: Option<(u32, usize)>,
+    /// The sample that was meant for the slot, when it was bad.
+    bad: Option<BadSample>,
+}
+
 /// Decodes and augments every sample of one batch into its slot of `buffer`, in parallel.
 fn fill_batch(
     shared: &Shared,
@@ -715,7 +729,7 @@ fn fill_batch(
         Output::U8Nhwc => h as usize * w as usize * 3,
         Output::F32Nchw { .. } => h as usize * w as usize * 12,
     };
-    let outcomes: Vec<Result<(u32, usize, Option<BadSample>)>> = buffer
+    let outcomes: Vec<Result<Slot>> = buffer
         .par_chunks_mut(slot)
         .zip(indices.par_iter())
         .map(|(out, &index)| {
@@ -734,11 +748,17 @@ fn fill_batch(
         indices: Vec::with_capacity(indices.len()),
         bad: Vec::new(),
     };
-    for outcome in outcomes {
-        let (label, used, bad) = outcome?;
-        filled.labels.push(label);
-        filled.indices.push(used);
+    for (k, outcome) in outcomes.into_iter().enumerate() {
+        let Slot { used, bad } = outcome?;
         filled.bad.extend(bad);
+        let Some((label, index)) = used else { continue };
+        // Left-out samples leave holes: later slots move down so the batch stays packed.
+        let to = filled.labels.len();
+        if to != k {
+            buffer.copy_within(k * slot..(k + 1) * slot, to * slot);
+        }
+        filled.labels.push(label);
+        filled.indices.push(index);
     }
     Ok(filled)
 }
@@ -753,18 +773,24 @@ fn fill_slot(
     epoch: u64,
     index: usize,
     out: &mut [u8],
-) -> Result<(u32, usize, Option<BadSample>)> {
+) -> Result<Slot> {
     let c = &shared.config;
     let first_error = match process(shared, worker, epoch, index, index, out) {
-        Ok(()) => return Ok((shared.source.label(index), index, None)),
+        Ok(()) => {
+            return Ok(Slot {
+                used: Some((shared.source.label(index), index)),
+                bad: None,
+            });
+        }
         Err(e) => e,
     };
-    let BadSamples::Skip {
-        max_total,
-        max_consecutive,
-    } = c.bad
-    else {
-        return Err(first_error);
+    let (max_total, max_consecutive) = match c.bad {
+        BadSamples::Fail => return Err(first_error),
+        BadSamples::Omit { max_total } => (max_total, 0),
+        BadSamples::Skip {
+            max_total,
+            max_consecutive,
+        } => (max_total, max_consecutive),
     };
     let bad = BadSample {
         index,
@@ -782,6 +808,12 @@ fn fill_slot(
         }
     };
     count_bad()?;
+    if let BadSamples::Omit { .. } = c.bad {
+        return Ok(Slot {
+            used: None,
+            bad: Some(bad),
+        });
+    }
     let mut rng = sample_rng(c.seed ^ SUBSTITUTE_SALT, epoch, index as u64);
     let len = shared.source.len();
     for _ in 1..max_consecutive {
@@ -789,7 +821,12 @@ fn fill_slot(
         // The substitute is augmented with the slot's own random stream, so its crop does not depend on
         // which sample failed before it.
         match process(shared, worker, epoch, index, substitute, out) {
-            Ok(()) => return Ok((shared.source.label(substitute), substitute, Some(bad))),
+            Ok(()) => {
+                return Ok(Slot {
+                    used: Some((shared.source.label(substitute), substitute)),
+                    bad: Some(bad),
+                });
+            }
             Err(_) => count_bad()?,
         }
     }

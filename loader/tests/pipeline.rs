@@ -286,6 +286,79 @@ fn bad_samples_are_substituted_deterministically_and_named() {
     assert_eq!(count, count3);
 }
 
+/// Per sample name, the u8 pixels and label of a val-transform epoch over `source` with `policy`, and the
+/// bad samples reported.
+fn val_by_name(
+    source: Arc<dyn Source>,
+    policy: BadSamples,
+) -> (
+    std::collections::BTreeMap<String, (Vec<u8>, u32)>,
+    Vec<String>,
+) {
+    let loader = Loader::builder(source.clone())
+        .batch_size(7)
+        .threads(2)
+        .transform(Transform::Val(ValAugment {
+            resize: 40,
+            crop: 32,
+        }))
+        .bad_samples(policy)
+        .build()
+        .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    let mut bad = Vec::new();
+    for b in loader.epoch(0) {
+        let b = b.unwrap();
+        assert_eq!(b.labels.len(), b.len);
+        assert_eq!(b.pixels().len(), b.len * 32 * 32 * 3);
+        bad.extend(b.bad.iter().map(|s| source.name(s.index)));
+        for (k, (&index, &label)) in b.indices.iter().zip(&b.labels).enumerate() {
+            let px = b.pixels()[k * 32 * 32 * 3..(k + 1) * 32 * 32 * 3].to_vec();
+            let old = seen.insert(source.name(index), (px, label));
+            assert!(old.is_none(), "{} came twice", source.name(index));
+        }
+    }
+    (seen, bad)
+}
+
+#[test]
+fn omit_policy_leaves_bad_samples_out_and_counts_every_other_once() {
+    let dir = with_bad_files(&[
+        ("n00000001/zz_broken.JPEG", "truncated.jpg"),
+        ("n00000002/zz_empty.JPEG", "empty.JPEG"),
+        ("n00000002/zz_text.JPEG", "not_an_image.JPEG"),
+    ]);
+    let source = open(dir.path(), &OpenOptions::default()).unwrap();
+    let clean = open(&dataset().join("train"), &OpenOptions::default()).unwrap();
+    let policy = BadSamples::Omit { max_total: 10 };
+    let (got, bad) = val_by_name(source.clone(), policy);
+    let (want, none) = val_by_name(clean.clone(), policy);
+    assert!(none.is_empty());
+    assert_eq!(got.len(), source.len() - 3);
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert!(bad.iter().all(|n| n.contains("zz_")), "{bad:?}");
+    // Every good sample is there once, with its own pixels and label, packed in its batch: nothing moved
+    // into a bad one's slot.
+    let strip = |m: &std::collections::BTreeMap<String, (Vec<u8>, u32)>, root: &Path| {
+        m.iter()
+            .map(|(k, v)| (k.replace(&*root.to_string_lossy(), ""), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(strip(&got, dir.path()) == strip(&want, &dataset().join("train")));
+    let loader = Loader::builder(source)
+        .batch_size(7)
+        .threads(2)
+        .transform(small_train())
+        .bad_samples(BadSamples::Omit { max_total: 2 })
+        .build()
+        .unwrap();
+    let err = loader
+        .epoch(0)
+        .find_map(Result::err)
+        .expect("the third left-out sample is over the cap");
+    assert!(matches!(err, Error::TooManyBadSamples { .. }), "{err}");
+}
+
 #[test]
 fn fail_policy_stops_at_the_first_bad_sample_and_names_it() {
     let dir = with_bad_files(&[("n00000003/zz_text.JPEG", "not_an_image.JPEG")]);
