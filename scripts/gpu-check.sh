@@ -25,17 +25,29 @@ lib=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__f
 export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 status=0
+# stderr lines a run may print without being wrong: none for imgtrain (libtorch warnings, such as the
+# per-call deprecation of pin_memory(device), would flood an ImageNet epoch); imgtool's progress lines.
+expected_stderr='^$'
 step() {
-    # step NAME COMMAND...: runs it, keeps its log, shows the lines that matter.
+    # step NAME COMMAND...: runs it, keeps its stdout and stderr, shows the lines that matter, and fails on
+    # a non-zero exit or on any stderr line an imgtrain run did not expect.
     local name=$1
     shift
     echo "== $name: $*"
     local t0=$SECONDS
-    "$@" >"$out/$name.log" 2>&1
+    "$@" >"$out/$name.log" 2>"$out/$name.err"
     local rc=$?
-    grep -E '^(imgtrain|=> |Epoch: \[[0-9]+\] done| \* Acc|== summary|error)|images/s|imgtrain: error' "$out/$name.log" | tail -n 12
+    grep -E '^(imgtrain|=> |Epoch: \[[0-9]+\] done| \* Acc|== summary|error)|images/s|per step' "$out/$name.log" | tail -n 12
     echo "-- $name: exit $rc in $((SECONDS - t0)) s"
-    [[ $rc -eq 0 ]] || status=1
+    [[ $rc -eq 0 ]] || { status=1; tail -n 5 "$out/$name.err"; }
+    if [[ $rc -eq 0 && "$(basename "$1")" == imgtrain ]] && grep -vqE "$expected_stderr" "$out/$name.err"; then
+        echo "-- $name: unexpected stderr ($(grep -vcE "$expected_stderr" "$out/$name.err") lines), first ones:"
+        grep -vE "$expected_stderr" "$out/$name.err" | head -n 5
+        status=1
+    fi
+    # The last epoch's rate (the first includes cuDNN's benchmark warm-up).
+    grep -E '^Epoch: \[[0-9]+\] done' "$out/$name.log" | tail -n 1 | grep -oE '[0-9.]+ images/s' |
+        sed "s/^/-- $name: last epoch /"
 }
 
 {

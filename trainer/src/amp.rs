@@ -143,7 +143,7 @@ pub const MAX_CONSECUTIVE_SKIPS: u32 = 32;
 /// PyTorch `GradScaler`'s dynamic loss scaling: multiply the loss by `scale` before backward, divide the
 /// gradients by it after; on an inf/NaN gradient skip the step and halve the scale, and double it after
 /// `growth_interval` good steps in a row.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScaler {
     /// The current scale.
     pub scale: f64,

@@ -6,9 +6,10 @@
 //! | `__momentum__.<name>` | SGD momentum buffer of trainable variable `<name>` (absent before its first step) |
 //!
 //! The safetensors header's `__metadata__` holds one key, `imgtrain`, whose value is a JSON object:
-//! format version, architecture, classes, epochs done, global step, best and last top-1/top-5, base and
-//! last learning rate, seed, the fp16 loss scaler's state, the command line, and a CRC-32 of every
-//! tensor's name and bytes in name order. A reader checks all of it ([`Checkpoint::read`]) before use.
+//! format version, architecture, classes, epochs done, global step, best and last top-1/top-5, the run's
+//! recipe ([`Recipe`]: base learning rate, momentum, weight decay, schedule, warm-up, label smoothing,
+//! epochs), the last learning rate, seed, the fp16 loss scaler's state, the command line, and a CRC-32 of
+//! every tensor's name and bytes in name order. A reader checks all of it ([`Checkpoint::read`]) before use.
 //!
 //! Random state is not saved: every random stream of a run is a pure function of the seed and the
 //! epoch (the loader's per-sample draws; libtorch's generator is reseeded at each epoch's start), so a run
@@ -21,25 +22,27 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, View};
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::amp::LossScaler;
+use crate::config::Recipe;
 use crate::error::{Result, TorchContext, TrainError};
 use crate::optim::Sgd;
 
 /// The `format` field of our metadata.
 pub const FORMAT: &str = "imgtrain-checkpoint";
 /// The version of the layout described in the module docs.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 /// The `__metadata__` key holding our JSON.
 const META_KEY: &str = "imgtrain";
 /// Prefix of the momentum-buffer tensors.
 pub const MOMENTUM_PREFIX: &str = "__momentum__.";
 
 /// Everything in a checkpoint besides the tensors.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     /// Architecture, as `--arch` names it.
     pub arch: String,
@@ -54,8 +57,9 @@ pub struct Meta {
     /// Validation top-1 and top-5 after the last completed epoch (percent).
     pub acc1: f64,
     pub acc5: f64,
-    /// The schedule's base learning rate.
-    pub base_lr: f64,
+    /// How the run optimises: base learning rate, momentum, weight decay, schedule, warm-up, label
+    /// smoothing and epochs. `--resume` restores it; a flag given on the command line overrides it.
+    pub recipe: Recipe,
     /// The learning rate of the last step taken.
     pub lr: f64,
     /// The run's seed (given or drawn).
@@ -67,104 +71,47 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn to_json(&self, crc: u32) -> Value {
-        json!({
-            "format": FORMAT,
-            "version": VERSION,
-            "arch": self.arch,
-            "classes": self.classes,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "best_acc1": self.best_acc1,
-            "acc1": self.acc1,
-            "acc5": self.acc5,
-            "base_lr": self.base_lr,
-            "lr": self.lr,
-            "seed": self.seed,
-            "scaler": self.scaler.map(|s| json!({
-                "scale": s.scale,
-                "growth_tracker": s.growth_tracker,
-                "consecutive_skips": s.consecutive_skips,
-                "skipped_total": s.skipped_total,
-            })),
-            "args": self.args,
-            "crc32": format!("{crc:08x}"),
-        })
+    fn to_json(&self, crc: u32) -> Result<String> {
+        let mut v = serde_json::to_value(self).map_err(|e| TrainError::Torch {
+            what: "serialising checkpoint metadata".into(),
+            source: tch::TchError::Convert(e.to_string()),
+        })?;
+        let obj = v.as_object_mut().expect("a struct serialises to an object");
+        obj.insert("format".into(), FORMAT.into());
+        obj.insert("version".into(), VERSION.into());
+        obj.insert("crc32".into(), format!("{crc:08x}").into());
+        Ok(v.to_string())
     }
 
     /// Parses our JSON; the error says which field is missing or wrong.
-    fn from_json(v: &Value) -> std::result::Result<(Meta, u32), String> {
-        let field = |k: &str| v.get(k).ok_or_else(|| format!("metadata lacks {k:?}"));
-        let str_ = |k: &str| {
-            field(k)?
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("metadata {k:?} is not a string"))
-        };
-        let u64_ = |k: &str| {
-            field(k)?
-                .as_u64()
-                .ok_or_else(|| format!("metadata {k:?} is not an unsigned integer"))
-        };
-        let f64_ = |k: &str| {
-            field(k)?
-                .as_f64()
-                .ok_or_else(|| format!("metadata {k:?} is not a number"))
-        };
-        let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
-            field(k)?
-                .as_array()
-                .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_owned)).collect())
-                .ok_or_else(|| format!("metadata {k:?} is not a list of strings"))
-        };
-        let format = str_("format")?;
-        if format != FORMAT {
+    fn from_json(json: &str) -> std::result::Result<(Meta, u32), String> {
+        let v: Value =
+            serde_json::from_str(json).map_err(|e| format!("metadata is not JSON: {e}"))?;
+        let format = v.get("format").and_then(Value::as_str);
+        if format != Some(FORMAT) {
             return Err(format!("metadata format is {format:?}, not {FORMAT:?}"));
         }
-        let version = u64_("version")?;
-        if version != VERSION {
-            return Err(format!(
-                "checkpoint format version {version}; this imgtrain reads version {VERSION}"
-            ));
-        }
-        let scaler = match field("scaler")? {
-            Value::Null => None,
-            s => {
-                let get = |k: &str| {
-                    s.get(k)
-                        .ok_or_else(|| format!("metadata scaler lacks {k:?}"))
-                };
-                Some(LossScaler {
-                    scale: get("scale")?.as_f64().ok_or("bad scaler scale")?,
-                    growth_tracker: get("growth_tracker")?
-                        .as_u64()
-                        .ok_or("bad scaler growth_tracker")?,
-                    consecutive_skips: get("consecutive_skips")?
-                        .as_u64()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .ok_or("bad scaler consecutive_skips")?,
-                    skipped_total: get("skipped_total")?
-                        .as_u64()
-                        .ok_or("bad scaler skipped_total")?,
-                })
+        match v.get("version").and_then(Value::as_u64) {
+            Some(VERSION) => {}
+            Some(1) => {
+                return Err("checkpoint format version 1, written before checkpoints kept the run's \
+                            recipe (momentum, weight decay, schedule): it cannot be resumed exactly; \
+                            start from its weights with --pretrained instead"
+                    .into());
             }
-        };
-        let crc = u32::from_str_radix(&str_("crc32")?, 16)
-            .map_err(|e| format!("metadata crc32 is not hex: {e}"))?;
-        let meta = Meta {
-            arch: str_("arch")?,
-            classes: strings("classes")?,
-            epoch: u64_("epoch")?,
-            global_step: u64_("global_step")?,
-            best_acc1: f64_("best_acc1")?,
-            acc1: f64_("acc1")?,
-            acc5: f64_("acc5")?,
-            base_lr: f64_("base_lr")?,
-            lr: f64_("lr")?,
-            seed: u64_("seed")?,
-            scaler,
-            args: strings("args")?,
-        };
+            other => {
+                return Err(format!(
+                    "checkpoint format version {other:?}; this imgtrain reads version {VERSION}"
+                ));
+            }
+        }
+        let crc = v
+            .get("crc32")
+            .and_then(Value::as_str)
+            .ok_or("metadata lacks \"crc32\"")?;
+        let crc =
+            u32::from_str_radix(crc, 16).map_err(|e| format!("metadata crc32 is not hex: {e}"))?;
+        let meta = Meta::deserialize(&v).map_err(|e| format!("metadata: {e}"))?;
         Ok((meta, crc))
     }
 }
@@ -268,7 +215,7 @@ pub fn encode(vs: &VarStore, sgd: &Sgd, meta: &Meta) -> Result<Vec<u8>> {
             .iter()
             .map(|(n, t)| (n.as_str(), t.bytes.as_slice())),
     );
-    let metadata = HashMap::from([(META_KEY.to_owned(), meta.to_json(crc).to_string())]);
+    let metadata = HashMap::from([(META_KEY.to_owned(), meta.to_json(crc)?)]);
     safetensors::tensor::serialize(
         tensors.iter().map(|(n, t)| (n.as_str(), t)),
         &Some(metadata),
@@ -319,9 +266,7 @@ impl Checkpoint {
                         .into(),
                 )
             })?;
-        let value: Value =
-            serde_json::from_str(json).map_err(|e| bad(format!("metadata is not JSON: {e}")))?;
-        let (meta, crc) = Meta::from_json(&value).map_err(bad)?;
+        let (meta, crc) = Meta::from_json(json).map_err(bad)?;
         let st = SafeTensors::deserialize(&bytes)
             .map_err(|e| bad(format!("not a safetensors file ({e:?})")))?;
         let mut views: Vec<_> = st.tensors();

@@ -1,17 +1,11 @@
-//! From a dataset folder to normalised NCHW tensors on the device.
-//!
-//! The loader fills u8 NHWC batches into buffers from [`TensorAllocator`]: pinned host memory when the
-//! run is on a GPU, so the copy to the device can be asynchronous. [`Normalizer`] turns the u8 batch into
-//! `(x / 255 - mean) / std` on the device and permutes it to NCHW; the permuted view of an NHWC tensor is
-//! exactly PyTorch's `channels_last` layout, so no copy is made unless contiguous NCHW is asked for.
+//! The dataset of a run: where its splits are ([`locate`]), opening them, and [`Subset`] for `--limit-*`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use imgloader::{Allocator, IMAGENET_MEAN, IMAGENET_STD, Source};
-use tch::{Device, Kind, Tensor};
+use imgloader::{OpenOptions, Source};
 
-use crate::error::{Result, TorchContext, TrainError};
+use crate::error::{Result, TrainError};
 
 /// Where the splits of a dataset are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +57,24 @@ pub fn locate(data: &Path, need_train: bool) -> Result<DataPaths> {
     Ok(DataPaths { train, val })
 }
 
+/// Opens a split, keeping `limit` samples of it (spread over the split) when asked.
+pub fn open_split(
+    split: &'static str,
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<Arc<dyn Source>> {
+    let source =
+        imgloader::open(path, &OpenOptions::default()).map_err(|source| TrainError::Loader {
+            split,
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    Ok(match limit {
+        Some(n) => Subset::spread(source, n),
+        None => source,
+    })
+}
+
 /// `n` samples of a source spread evenly over it (sample `i * len / n`), keeping its classes, so that a
 /// quick run over a class-ordered dataset still sees every class when `n` is at least their number.
 #[derive(Debug)]
@@ -106,144 +118,6 @@ impl Source for Subset {
     }
     fn name(&self, index: usize) -> String {
         self.inner.name(self.map(index))
-    }
-}
-
-/// Batch buffers that are libtorch tensors: pinned (page-locked) host memory for a CUDA run, so that the
-/// host-to-device copy is asynchronous, or ordinary CPU tensors otherwise.
-#[derive(Debug, Clone, Copy)]
-pub struct TensorAllocator {
-    /// The CUDA device the pinned memory serves; `None`: plain CPU memory.
-    pin_for: Option<Device>,
-}
-
-impl TensorAllocator {
-    /// Buffers for a run on `device`.
-    pub fn for_device(device: Device) -> Self {
-        TensorAllocator {
-            pin_for: matches!(device, Device::Cuda(_)).then_some(device),
-        }
-    }
-}
-
-/// A batch buffer: a 1-D u8 CPU tensor of `len` bytes that nobody else holds.
-#[derive(Debug)]
-pub struct TensorBuffer {
-    tensor: Tensor,
-    len: usize,
-}
-
-impl TensorBuffer {
-    /// The first `bytes` bytes as a `[n, h, w, 3]` u8 tensor sharing this buffer's memory.
-    ///
-    /// The view must be dropped (and any asynchronous copy from it finished) before the batch owning this
-    /// buffer is dropped, since the loader then refills the memory.
-    pub fn view_nhwc(&self, n: usize, h: u32, w: u32) -> Result<Tensor> {
-        let bytes = n * h as usize * w as usize * 3;
-        debug_assert!(bytes <= self.len);
-        self.tensor
-            .f_narrow(0, 0, bytes as i64)
-            .and_then(|t| t.f_view([n as i64, i64::from(h), i64::from(w), 3]))
-            .during(|| "viewing a batch buffer".into())
-    }
-}
-
-impl AsRef<[u8]> for TensorBuffer {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `tensor` is a contiguous 1-D u8 CPU tensor of exactly `len` elements that this buffer
-        // owns (allocated in `allocate`, never resized or shared with another buffer), so its data pointer
-        // is valid for `len` bytes for as long as `self` lives. Nothing writes to it while `&self` is
-        // borrowed: the loader writes only through `as_mut` (which needs `&mut self`), and tensor views
-        // made by `view_nhwc` are only read from, and dropped before the batch hands the buffer back.
-        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len) }
-    }
-}
-
-impl AsMut<[u8]> for TensorBuffer {
-    fn as_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_ref`, the pointer is valid for `len` bytes while `self` lives. `&mut self`
-        // means the loader holds the buffer exclusively: the trainer's views of a batch and its copies to
-        // the device are finished before the batch (and with it this buffer) goes back to the loader.
-        unsafe { std::slice::from_raw_parts_mut(self.tensor.data_ptr() as *mut u8, self.len) }
-    }
-}
-
-impl Allocator for TensorAllocator {
-    type Buffer = TensorBuffer;
-
-    fn allocate(&self, len: usize) -> imgloader::Result<TensorBuffer> {
-        let fail = |e: tch::TchError| imgloader::Error::Config {
-            what: "allocator",
-            reason: format!("cannot allocate a {len}-byte batch buffer: {e}"),
-        };
-        // libtorch's CPU allocator aligns to 64 bytes and CUDA's host allocator to pages, above the
-        // loader's 4-byte requirement. `zeros`, not `empty`: no read of uninitialised bytes through `as_ref`.
-        let tensor =
-            Tensor::f_zeros([len.max(1) as i64], (Kind::Uint8, Device::Cpu)).map_err(fail)?;
-        let tensor = match self.pin_for {
-            Some(device) => tensor.f_pin_memory(device).map_err(fail)?,
-            None => tensor,
-        };
-        debug_assert!(tensor.is_contiguous());
-        Ok(TensorBuffer { tensor, len })
-    }
-}
-
-/// Turns u8 NHWC batches into normalised float NCHW tensors on the device.
-#[derive(Debug)]
-pub struct Normalizer {
-    device: Device,
-    channels_last: bool,
-    /// `255 * mean`, shape `[3]`, on the device.
-    offset: Tensor,
-    /// `1 / (255 * std)`, shape `[3]`, on the device.
-    scale: Tensor,
-}
-
-impl Normalizer {
-    /// A normaliser with torchvision's ImageNet mean and std. `channels_last` keeps the NHWC memory
-    /// layout under the NCHW shape (what cuDNN is fastest with); otherwise the result is contiguous NCHW.
-    pub fn new(device: Device, channels_last: bool) -> Result<Self> {
-        let what = || "creating the normalisation constants".to_owned();
-        let offset: Vec<f32> = IMAGENET_MEAN.iter().map(|m| m * 255.0).collect();
-        let scale: Vec<f32> = IMAGENET_STD.iter().map(|s| 1.0 / (s * 255.0)).collect();
-        Ok(Normalizer {
-            device,
-            channels_last,
-            offset: Tensor::f_from_slice(&offset)
-                .and_then(|t| t.f_to_device(device))
-                .during(what)?,
-            scale: Tensor::f_from_slice(&scale)
-                .and_then(|t| t.f_to_device(device))
-                .during(what)?,
-        })
-    }
-
-    /// Copies `nhwc` (u8 `[n, h, w, 3]`, CPU, pinned for a CUDA run) to the device, without waiting for
-    /// the copy to finish, and normalises it there. The caller keeps `nhwc`'s memory unchanged until the
-    /// device has done the copy.
-    pub fn to_device(&self, nhwc: &Tensor) -> Result<Tensor> {
-        let what = || "normalising a batch".to_owned();
-        let on_device = nhwc
-            .f_to_device_(self.device, Kind::Uint8, true, false)
-            .during(what)?;
-        self.normalize(&on_device)
-    }
-
-    /// Normalises a u8 NHWC tensor already on the device.
-    pub fn normalize(&self, nhwc: &Tensor) -> Result<Tensor> {
-        let what = || "normalising a batch".to_owned();
-        let x = nhwc
-            .f_to_kind(Kind::Float)
-            .and_then(|x| x.f_sub(&self.offset))
-            .and_then(|x| x.f_mul(&self.scale))
-            .and_then(|x| x.f_permute([0, 3, 1, 2]))
-            .during(what)?;
-        if self.channels_last {
-            Ok(x)
-        } else {
-            x.f_contiguous().during(what)
-        }
     }
 }
 

@@ -3,20 +3,28 @@
 //! The loader hands out u8 NHWC batches; this crate is the only one that makes tensors. [`train::run`]
 //! is `imgtrain`: pytorch/examples' ImageNet `main.py` for one process, with checkpoints that resume
 //! bit for bit on the CPU.
+//!
+//! The pieces, in the order a run meets them: [`config`] (the command line, resolved once into a
+//! [`config::Plan`]), [`data`] (where the splits are), [`feed`] (batches into tensors on the device),
+//! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`].
 
 pub mod amp;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod feed;
 pub mod meter;
 pub mod models;
 pub mod optim;
 pub mod schedule;
 pub mod train;
+pub mod trainer;
 
+pub use config::TrainConfig;
 pub use error::{Result, TrainError};
-pub use train::{RunSummary, TrainConfig, run};
+pub use train::{RunSummary, run};
 
 /// The libtorch this crate was built against, as its Python package or zip reports it.
 pub const LIBTORCH_VERSION: &str = env!("IMGTRAIN_LIBTORCH_VERSION");

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
+use imgtrain::config::RecipeFlags;
 use imgtrain::schedule::LrSchedule;
 use imgtrain::{RunSummary, TrainConfig};
 
@@ -24,52 +25,58 @@ struct Args {
     /// The dataset folder, as an option.
     #[arg(long = "data", value_name = "DIR", conflicts_with = "data_positional")]
     data: Option<PathBuf>,
-    /// Model architecture (unknown names list the choices).
-    #[arg(short = 'a', long, value_name = "ARCH", default_value = "resnet18")]
-    arch: String,
-    /// Loader threads decoding and augmenting images.
-    #[arg(short = 'j', long, value_name = "N", default_value_t = 4)]
-    workers: usize,
-    /// Total epochs to run.
-    #[arg(long, value_name = "N", default_value_t = 90)]
-    epochs: u64,
+    /// Model architecture (unknown names list the choices) [default: resnet18].
+    #[arg(short = 'a', long, value_name = "ARCH")]
+    arch: Option<String>,
+    /// Loader threads decoding and augmenting images [default: 4].
+    #[arg(short = 'j', long, value_name = "N")]
+    workers: Option<usize>,
+    /// Total epochs to run [default: 90, or the checkpoint's with --resume].
+    #[arg(long, value_name = "N")]
+    epochs: Option<u64>,
     /// Epoch to start from (default: 0, or the checkpoint's with --resume).
     #[arg(long = "start-epoch", visible_alias = "start_epoch", value_name = "N")]
     start_epoch: Option<u64>,
-    /// Mini-batch size: the total of the processes of a node, as in main.py.
+    /// Mini-batch size: the total of the processes of a node, as in main.py [default: 256].
     #[arg(
         short = 'b',
         long = "batch-size",
         visible_alias = "batch_size",
-        value_name = "N",
-        default_value_t = 256
+        value_name = "N"
     )]
-    batch_size: usize,
-    /// Initial learning rate [default: 0.1, or the checkpoint's with --resume; given, it wins over the checkpoint's].
-    #[arg(long = "lr", visible_alias = "learning-rate", value_name = "LR")]
+    batch_size: Option<usize>,
+    /// Initial learning rate [default: 0.1, or the checkpoint's with --resume].
+    #[arg(
+        long = "lr",
+        visible_alias = "learning-rate",
+        value_name = "LR",
+        allow_negative_numbers = true
+    )]
     lr: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, value_name = "M", default_value_t = 0.9)]
-    momentum: f64,
-    /// Weight decay (applied to every parameter, as in main.py).
+    /// SGD momentum [default: 0.9, or the checkpoint's with --resume].
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Weight decay, applied to every parameter as in main.py [default: 1e-4, or the checkpoint's with
+    /// --resume].
     #[arg(
         long = "wd",
         visible_alias = "weight-decay",
         visible_alias = "weight_decay",
         value_name = "W",
-        default_value_t = 1e-4
+        allow_negative_numbers = true
     )]
-    weight_decay: f64,
-    /// Print a progress line every N batches.
+    weight_decay: Option<f64>,
+    /// Print a progress line every N batches [default: 10].
     #[arg(
         short = 'p',
         long = "print-freq",
         visible_alias = "print_freq",
-        value_name = "N",
-        default_value_t = 10
+        value_name = "N"
     )]
-    print_freq: usize,
-    /// Resume from a checkpoint (model, momentum, epoch, best Acc@1, schedule, loss scaler, seed).
+    print_freq: Option<usize>,
+    /// Resume from a checkpoint: model, momentum buffers, epoch, best Acc@1, seed, loss scaler, and the
+    /// recipe (lr, momentum, wd, schedule, warm-up, label smoothing, epochs); a recipe flag given here
+    /// overrides the checkpoint's, and says so.
     #[arg(long, value_name = "PATH")]
     resume: Option<PathBuf>,
     /// Evaluate the model on the validation split only.
@@ -87,70 +94,52 @@ struct Args {
     /// Synthetic batches made on the device (no files, no decoding): measures the device alone.
     #[arg(long)]
     dummy: bool,
-    /// Folder for checkpoint.safetensors and model_best.safetensors.
-    #[arg(
-        long = "output_dir",
-        visible_alias = "output-dir",
-        value_name = "DIR",
-        default_value = "."
-    )]
-    output_dir: PathBuf,
+    /// Folder for checkpoint.safetensors and model_best.safetensors [default: .].
+    #[arg(long = "output_dir", visible_alias = "output-dir", value_name = "DIR")]
+    output_dir: Option<PathBuf>,
     /// Mixed precision [default: bf16 on CUDA, off on the CPU].
     #[arg(long, value_enum, value_name = "MODE")]
     amp: Option<AmpArg>,
     /// Feed the model channels_last (NHWC) tensors [default: on for CUDA, off on the CPU].
     #[arg(long = "channels-last", visible_alias = "channels_last", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     channels_last: Option<bool>,
-    /// Learning-rate schedule: step (x0.1 every 30 epochs, as main.py) or cosine (per step, to 0).
-    #[arg(
-        long = "lr-schedule",
-        visible_alias = "lr_schedule",
-        value_enum,
-        default_value = "step"
-    )]
-    lr_schedule: ScheduleArg,
-    /// Epochs of linear learning-rate warm-up (fractions allowed).
+    /// Learning-rate schedule: step (x0.1 every 30 epochs, as main.py) or cosine (per step, to 0)
+    /// [default: step, or the checkpoint's with --resume].
+    #[arg(long = "lr-schedule", visible_alias = "lr_schedule", value_enum)]
+    lr_schedule: Option<ScheduleArg>,
+    /// Epochs of linear learning-rate warm-up, fractions allowed; fewer than --epochs [default: 0, or the
+    /// checkpoint's with --resume].
     #[arg(
         long = "warmup-epochs",
         visible_alias = "warmup_epochs",
         value_name = "E",
-        default_value_t = 0.0
+        allow_negative_numbers = true
     )]
-    warmup_epochs: f64,
-    /// Label smoothing of the cross-entropy loss.
+    warmup_epochs: Option<f64>,
+    /// Label smoothing of the cross-entropy loss [default: 0, or the checkpoint's with --resume].
     #[arg(
         long = "label-smoothing",
         visible_alias = "label_smoothing",
         value_name = "S",
-        default_value_t = 0.0
+        allow_negative_numbers = true
     )]
-    label_smoothing: f64,
-    /// Training crop size (RandomResizedCrop) and validation centre crop.
-    #[arg(
-        long = "crop-size",
-        visible_alias = "crop_size",
-        value_name = "PX",
-        default_value_t = 224
-    )]
-    crop_size: u32,
-    /// Validation: resize the shorter side to this before the centre crop.
-    #[arg(
-        long = "val-resize",
-        visible_alias = "val_resize",
-        value_name = "PX",
-        default_value_t = 256
-    )]
-    val_resize: u32,
+    label_smoothing: Option<f64>,
+    /// Training crop size (RandomResizedCrop) and validation centre crop [default: 224].
+    #[arg(long = "crop-size", visible_alias = "crop_size", value_name = "PX")]
+    crop_size: Option<u32>,
+    /// Validation: resize the shorter side to this before the centre crop [default: 256].
+    #[arg(long = "val-resize", visible_alias = "val_resize", value_name = "PX")]
+    val_resize: Option<u32>,
     /// Use only N training samples, spread evenly over the split (quick runs, tests).
     #[arg(long = "limit-train", visible_alias = "limit_train", value_name = "N")]
     limit_train: Option<usize>,
     /// Use only N validation samples, spread evenly over the split.
     #[arg(long = "limit-val", visible_alias = "limit_val", value_name = "N")]
     limit_val: Option<usize>,
-    /// JPEG decoder of the loader: turbo (libjpeg-turbo: decodes only the crop, PIL's exact pixels; the
-    /// default when built in) or zune (zune-jpeg, pure Rust).
-    #[arg(long, value_name = "DECODER", default_value_t = JpegBackend::default())]
-    jpeg: JpegBackend,
+    /// JPEG decoder of the loader: turbo (libjpeg-turbo: decodes only the crop, PIL's exact pixels) or
+    /// zune (zune-jpeg, pure Rust) [default: turbo when built in, else zune].
+    #[arg(long, value_name = "DECODER")]
+    jpeg: Option<JpegBackend>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -172,12 +161,20 @@ impl Args {
             data: self.data.or(self.data_positional),
             arch: self.arch,
             workers: self.workers,
-            epochs: self.epochs,
             start_epoch: self.start_epoch,
             batch_size: self.batch_size,
-            lr: self.lr,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
+            recipe: RecipeFlags {
+                epochs: self.epochs,
+                lr: self.lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+                lr_schedule: self.lr_schedule.map(|s| match s {
+                    ScheduleArg::Step => LrSchedule::default(),
+                    ScheduleArg::Cosine => LrSchedule::Cosine,
+                }),
+                warmup_epochs: self.warmup_epochs,
+                label_smoothing: self.label_smoothing,
+            },
             print_freq: self.print_freq,
             resume: self.resume,
             evaluate: self.evaluate,
@@ -194,12 +191,6 @@ impl Args {
                 AmpArg::Off => Amp::Off,
             }),
             channels_last: self.channels_last,
-            lr_schedule: match self.lr_schedule {
-                ScheduleArg::Step => LrSchedule::default(),
-                ScheduleArg::Cosine => LrSchedule::Cosine,
-            },
-            warmup_epochs: self.warmup_epochs,
-            label_smoothing: self.label_smoothing,
             crop_size: self.crop_size,
             val_resize: self.val_resize,
             limit_train: self.limit_train,
@@ -230,9 +221,19 @@ fn device_check(gpu: Option<usize>) -> anyhow::Result<()> {
 fn print_summary(s: &RunSummary, evaluate: bool) {
     let chance = 100.0 / s.classes.max(1) as f64;
     println!("== summary");
+    let over = if s.val_images == s.val_expected {
+        format!("{} images", s.val_images)
+    } else {
+        format!(
+            "{} of {} images; {} bad ones left out",
+            s.val_images,
+            s.val_expected,
+            s.val_expected - s.val_images
+        )
+    };
     if evaluate {
         println!(
-            "{} on {:?}: val Acc@1 {:.3} Acc@5 {:.3} ({} classes; chance is {chance:.1})",
+            "{} on {:?}: val Acc@1 {:.3} Acc@5 {:.3} over {over} ({} classes; chance is {chance:.1})",
             s.arch, s.device, s.acc1, s.acc5, s.classes
         );
         return;
@@ -243,7 +244,7 @@ fn print_summary(s: &RunSummary, evaluate: bool) {
         s.arch, s.device, s.epochs_run, s.next_epoch, s.train_images, s.train_seconds
     );
     println!(
-        "val Acc@1 {:.3} Acc@5 {:.3}, best Acc@1 {:.3} ({} classes; chance is {chance:.1})",
+        "val Acc@1 {:.3} Acc@5 {:.3} over {over}, best Acc@1 {:.3} ({} classes; chance is {chance:.1})",
         s.acc1, s.acc5, s.best_acc1, s.classes
     );
     if let Some(p) = &s.checkpoint {

@@ -4,7 +4,8 @@
 use std::f64::consts::PI;
 
 /// The shape of the learning-rate curve.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
     /// `main.py`'s `StepLR`: multiply by `gamma` every `step_size` epochs, constant within an epoch.
     Step { step_size: u64, gamma: f64 },

@@ -139,9 +139,10 @@ fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
     }
     let (ma, mb) = (&a.meta, &b.meta);
     assert_eq!(
-        (ma.epoch, ma.global_step, ma.seed, ma.lr, ma.base_lr),
-        (mb.epoch, mb.global_step, mb.seed, mb.lr, mb.base_lr)
+        (ma.epoch, ma.global_step, ma.seed, ma.lr),
+        (mb.epoch, mb.global_step, mb.seed, mb.lr)
     );
+    assert_eq!(ma.recipe, mb.recipe);
     assert_eq!(
         (ma.acc1, ma.acc5, ma.best_acc1),
         (mb.acc1, mb.acc5, mb.best_acc1)
@@ -214,6 +215,153 @@ fn output_reads_like_main_py() {
 }
 
 #[test]
+fn resume_restores_the_whole_recipe() {
+    // Not main.py's defaults anywhere: a resume that fell back to a default would differ.
+    const RECIPE: &[&str] = &[
+        "--momentum",
+        "0.5",
+        "--wd",
+        "0.01",
+        "--lr",
+        "0.05",
+        "--warmup-epochs",
+        "0.5",
+        "--label-smoothing",
+        "0.1",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (straight, first, resumed) = (
+        dir.path().join("straight"),
+        dir.path().join("first"),
+        dir.path().join("resumed"),
+    );
+    train(&straight, &[RECIPE, &["--epochs", "2"]].concat());
+    train(&first, &[RECIPE, &["--epochs", "1"]].concat());
+    let first_ck = first.join("checkpoint.safetensors");
+    let out = train(
+        &resumed,
+        &["--epochs", "2", "--resume", first_ck.to_str().unwrap()],
+    );
+    let o = stdout(&out);
+    assert!(
+        o.contains("recipe: lr 0.05, momentum 0.5, wd 0.01, Step { step_size: 30, gamma: 0.1 } schedule, 0.5 warm-up epoch(s), label smoothing 0.1"),
+        "{o}"
+    );
+    assert!(
+        o.contains("=> --epochs 2 overrides the checkpoint's 1"),
+        "{o}"
+    );
+    let a = Checkpoint::read(&straight.join("checkpoint.safetensors")).unwrap();
+    let b = Checkpoint::read(&resumed.join("checkpoint.safetensors")).unwrap();
+    assert_same_state(&a, &b);
+    assert_eq!(b.meta.recipe.momentum, 0.5);
+    assert_eq!(b.meta.recipe.label_smoothing, 0.1);
+    // An explicit flag on resume wins, and is printed as an override.
+    let out = train(
+        &dir.path().join("override"),
+        &[
+            "--epochs",
+            "2",
+            "--momentum",
+            "0.8",
+            "--resume",
+            first_ck.to_str().unwrap(),
+        ],
+    );
+    let o = stdout(&out);
+    assert!(
+        o.contains("=> --momentum 0.8 overrides the checkpoint's 0.5"),
+        "{o}"
+    );
+    let c = Checkpoint::read(&dir.path().join("override/checkpoint.safetensors")).unwrap();
+    assert_eq!(c.meta.recipe.momentum, 0.8);
+    assert!(
+        !c.tensor("conv1.weight")
+            .unwrap()
+            .equal(a.tensor("conv1.weight").unwrap())
+    );
+}
+
+/// A copy of the dataset's val split, with `broken` (relative to val/) replaced by a truncated JPEG, or
+/// removed when `remove`.
+fn val_copy(broken: &str, remove: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for split in ["train", "val"] {
+        let from = dataset().join(split);
+        for class in std::fs::read_dir(&from).unwrap() {
+            let class = class.unwrap();
+            let to = dir.path().join(split).join(class.file_name());
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(class.path()).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+        }
+    }
+    let target = dir.path().join("val").join(broken);
+    if remove {
+        std::fs::remove_file(&target).unwrap();
+    } else {
+        let bytes = std::fs::read(&target).unwrap();
+        std::fs::write(&target, &bytes[..bytes.len() / 3]).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn validation_leaves_a_bad_image_out_instead_of_counting_another_twice() {
+    let ck = runs().straight.join("checkpoint.safetensors");
+    let class = std::fs::read_dir(dataset().join("val"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    let file = std::fs::read_dir(dataset().join("val").join(&class))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .min()
+        .unwrap();
+    let broken = format!("{class}/{file}");
+    let evaluate = |dir: &Path| {
+        let out = imgtrain()
+            .arg(dir)
+            .args(SMALL)
+            .arg("-e")
+            .arg("--resume")
+            .arg(&ck)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let with_bad = val_copy(&broken, false);
+    let without = val_copy(&broken, true);
+    let (o_bad, o_without) = (evaluate(with_bad.path()), evaluate(without.path()));
+    let acc = |o: &str| {
+        o.lines()
+            .find(|l| l.starts_with(" * Acc@1 "))
+            .unwrap()
+            .split_whitespace()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    // The bad image is named and left out: the same accuracy as without the file, over 11 of 12.
+    assert_eq!(acc(&o_bad), acc(&o_without), "{o_bad}\n{o_without}");
+    assert!(o_bad.contains("=> val image left out: "), "{o_bad}");
+    assert!(o_bad.contains(&broken), "{o_bad}");
+    assert!(
+        o_bad.contains("over 11 of 12 images (1 bad image(s) left out)"),
+        "{o_bad}"
+    );
+    assert!(
+        o_bad.contains("over 11 of 12 images; 1 bad ones left out"),
+        "{o_bad}"
+    );
+    assert!(o_without.contains("over 11 images"), "{o_without}");
+}
+
+#[test]
 fn evaluate_only_reproduces_the_checkpoint_accuracy() {
     let ck_path = runs().straight.join("checkpoint.safetensors");
     let ck = Checkpoint::read(&ck_path).unwrap();
@@ -262,9 +410,9 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         .unwrap();
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(!out.status.success(), "{o}\n{e}");
-    // An explicit --lr wins over the checkpoint's.
+    // An explicit --lr wins over the checkpoint's, and says so.
     assert!(
-        o.contains("base lr 1000000000000000000000000000000, from --lr"),
+        o.contains("=> --lr 1e30 overrides the checkpoint's 0.1"),
         "{o}"
     );
     assert!(e.contains("loss is "), "{e}");
@@ -425,6 +573,25 @@ fn bad_flag_values() {
     assert!(e.contains("--pretrained: needs a weights file"), "{e}");
     let e = fails_before_training(&[d, os("--limit-train"), os("0")]);
     assert!(e.contains("--limit-train"), "{e}");
+    let e = fails_before_training(&[d, os("--epochs"), os("3"), os("--warmup-epochs"), os("5")]);
+    assert!(
+        e.contains("--warmup-epochs: 5 is not less than --epochs 3"),
+        "{e}"
+    );
+    // Negative numbers reach the range checks, with or without `=`.
+    for args in [
+        [os("--lr"), os("-0.1")],
+        [os("--lr=-0.1"), os("--momentum=0.9")],
+    ] {
+        let e = fails_before_training(&[d, args[0], args[1]]);
+        assert!(e.contains("--lr: -0.1 must be a positive number"), "{e}");
+    }
+    let e = fails_before_training(&[d, os("--momentum"), os("-0.5")]);
+    assert!(e.contains("--momentum: -0.5 must be in [0, 1)"), "{e}");
+    let e = fails_before_training(&[d, os("--wd"), os("-1")]);
+    assert!(e.contains("--wd: -1 must be >= 0"), "{e}");
+    let e = fails_before_training(&[d, os("--warmup-epochs"), os("-2")]);
+    assert!(e.contains("--warmup-epochs: -2 must be >= 0"), "{e}");
     let out = imgtrain()
         .args([d, os("--jpeg"), os("libpng")])
         .output()

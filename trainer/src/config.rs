@@ -1,0 +1,466 @@
+//! What a run is told and what it makes of it: [`TrainConfig`] is the command line as given, [`Recipe`] the
+//! optimisation recipe a checkpoint carries, and [`Plan`] every default resolved once — against the device
+//! (AMP, channels_last), the checkpoint (recipe, epoch, seed) and the clock (seed) — before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use imgloader::decode::JpegBackend;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::amp::Amp;
+use crate::checkpoint::Checkpoint;
+use crate::device::DeviceInfo;
+use crate::error::{Result, TrainError};
+use crate::models;
+use crate::schedule::{LrSchedule, Schedule};
+
+/// Everything a run is told, as on the command line (see `imgtrain --help`). `None` means "not given":
+/// the checkpoint's value when resuming, else the default.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrainConfig {
+    /// The dataset folder (`train/` + `val/`, `train.tar` + `val.tar`, or shard folders).
+    pub data: Option<PathBuf>,
+    /// Architecture; `None`: resnet18.
+    pub arch: Option<String>,
+    /// Loader threads; `None`: 4.
+    pub workers: Option<usize>,
+    /// The first epoch (default 0, or the checkpoint's when resuming).
+    pub start_epoch: Option<u64>,
+    /// Mini-batch size; `None`: 256.
+    pub batch_size: Option<usize>,
+    /// The optimisation recipe's flags.
+    pub recipe: RecipeFlags,
+    /// Progress line every N batches; `None`: 10.
+    pub print_freq: Option<usize>,
+    pub resume: Option<PathBuf>,
+    pub evaluate: bool,
+    /// Weights to start from; an empty path (`--pretrained` without a file) is rejected with a hint.
+    pub pretrained: Option<PathBuf>,
+    /// `None`: the checkpoint's when resuming, else drawn from the clock (and printed).
+    pub seed: Option<u64>,
+    pub gpu: Option<usize>,
+    pub dummy: bool,
+    /// `None`: the current folder.
+    pub output_dir: Option<PathBuf>,
+    /// `None`: bf16 on CUDA, off on the CPU.
+    pub amp: Option<Amp>,
+    /// `None`: on for CUDA, off on the CPU.
+    pub channels_last: Option<bool>,
+    /// `None`: 224.
+    pub crop_size: Option<u32>,
+    /// `None`: 256.
+    pub val_resize: Option<u32>,
+    pub limit_train: Option<usize>,
+    pub limit_val: Option<usize>,
+    /// The loader's JPEG decoder; `None`: libjpeg-turbo when built in, else zune-jpeg.
+    pub jpeg: Option<JpegBackend>,
+    /// The command line, recorded in checkpoints.
+    pub args: Vec<String>,
+}
+
+/// The recipe's command-line flags, each `None` unless given.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RecipeFlags {
+    pub epochs: Option<u64>,
+    pub lr: Option<f64>,
+    pub momentum: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub lr_schedule: Option<LrSchedule>,
+    pub warmup_epochs: Option<f64>,
+    pub label_smoothing: Option<f64>,
+}
+
+/// How a run optimises: saved in every checkpoint and restored by `--resume` (as `main.py` restores the
+/// optimizer's hyper-parameters), except where a flag given on the command line overrides it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Recipe {
+    /// Total epochs (the end of the schedule).
+    pub epochs: u64,
+    /// Base learning rate.
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub lr_schedule: LrSchedule,
+    /// Epochs of linear warm-up (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Label smoothing of the cross-entropy loss.
+    pub label_smoothing: f64,
+}
+
+impl Default for Recipe {
+    /// `main.py`'s defaults.
+    fn default() -> Self {
+        Recipe {
+            epochs: 90,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            lr_schedule: LrSchedule::default(),
+            warmup_epochs: 0.0,
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+/// Defaults of the flags outside the recipe.
+pub const DEFAULT_ARCH: &str = "resnet18";
+pub const DEFAULT_WORKERS: usize = 4;
+pub const DEFAULT_BATCH_SIZE: usize = 256;
+pub const DEFAULT_PRINT_FREQ: usize = 10;
+pub const DEFAULT_CROP_SIZE: u32 = 224;
+pub const DEFAULT_VAL_RESIZE: u32 = 256;
+
+fn bad<T>(what: &'static str, reason: String) -> Result<T> {
+    Err(TrainError::Config { what, reason })
+}
+
+impl RecipeFlags {
+    /// Checks each given value alone.
+    fn validate(&self) -> Result<()> {
+        if let Some(lr) = self.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return bad("--lr", format!("{lr} must be a positive number"));
+        }
+        if let Some(m) = self.momentum
+            && !(0.0..1.0).contains(&m)
+        {
+            return bad("--momentum", format!("{m} must be in [0, 1)"));
+        }
+        if let Some(wd) = self.weight_decay
+            && !(wd.is_finite() && wd >= 0.0)
+        {
+            return bad("--wd", format!("{wd} must be >= 0"));
+        }
+        if let Some(s) = self.label_smoothing
+            && !(0.0..1.0).contains(&s)
+        {
+            return bad("--label-smoothing", format!("{s} must be in [0, 1)"));
+        }
+        if let Some(w) = self.warmup_epochs
+            && !(w.is_finite() && w >= 0.0)
+        {
+            return bad("--warmup-epochs", format!("{w} must be >= 0"));
+        }
+        Ok(())
+    }
+
+    /// The recipe this run follows: each flag given wins, the rest comes from `saved` (a resumed
+    /// checkpoint's) or the defaults. Also returns one line per flag that changed a saved value.
+    pub fn resolve(&self, saved: Option<&Recipe>) -> (Recipe, Vec<String>) {
+        let base = saved.copied().unwrap_or_default();
+        let mut overrides = Vec::new();
+        fn pick<T: PartialEq + Copy + std::fmt::Debug>(
+            flag: &str,
+            given: Option<T>,
+            base: T,
+            saved: bool,
+            overrides: &mut Vec<String>,
+        ) -> T {
+            match given {
+                Some(v) => {
+                    if saved && v != base {
+                        overrides.push(format!("{flag} {v:?} overrides the checkpoint's {base:?}"));
+                    }
+                    v
+                }
+                None => base,
+            }
+        }
+        let s = saved.is_some();
+        let o = &mut overrides;
+        let recipe = Recipe {
+            epochs: pick("--epochs", self.epochs, base.epochs, s, o),
+            lr: pick("--lr", self.lr, base.lr, s, o),
+            momentum: pick("--momentum", self.momentum, base.momentum, s, o),
+            weight_decay: pick("--wd", self.weight_decay, base.weight_decay, s, o),
+            lr_schedule: pick("--lr-schedule", self.lr_schedule, base.lr_schedule, s, o),
+            warmup_epochs: pick(
+                "--warmup-epochs",
+                self.warmup_epochs,
+                base.warmup_epochs,
+                s,
+                o,
+            ),
+            label_smoothing: pick(
+                "--label-smoothing",
+                self.label_smoothing,
+                base.label_smoothing,
+                s,
+                o,
+            ),
+        };
+        (recipe, overrides)
+    }
+}
+
+impl Recipe {
+    /// Checks the values together; `saved` says whether some came from a checkpoint (named in the message).
+    pub fn validate(&self, flags: &RecipeFlags, saved: bool) -> Result<()> {
+        let from = |given: bool| {
+            if !given && saved {
+                " (from the checkpoint)"
+            } else {
+                ""
+            }
+        };
+        if self.warmup_epochs > 0.0 && self.warmup_epochs >= self.epochs as f64 {
+            return bad(
+                "--warmup-epochs",
+                format!(
+                    "{}{} is not less than --epochs {}{}: the learning rate would never reach its base \
+                     value {}",
+                    self.warmup_epochs,
+                    from(flags.warmup_epochs.is_some()),
+                    self.epochs,
+                    from(flags.epochs.is_some()),
+                    self.lr
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The learning-rate curve of this recipe.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            base_lr: self.lr,
+            kind: self.lr_schedule,
+            warmup_epochs: self.warmup_epochs,
+            epochs: self.epochs,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The architecture (`--arch`, or the default).
+    pub fn arch(&self) -> &str {
+        self.arch.as_deref().unwrap_or(DEFAULT_ARCH)
+    }
+
+    /// Checks every value that can be checked without touching the disk or the device.
+    pub fn validate(&self) -> Result<()> {
+        if !models::ARCHS.contains(&self.arch()) {
+            return bad(
+                "--arch",
+                format!(
+                    "unknown architecture {:?}; choose one of: {}",
+                    self.arch(),
+                    models::ARCHS.join(", ")
+                ),
+            );
+        }
+        if self.workers == Some(0) {
+            return bad("--workers", "must be at least 1".into());
+        }
+        if self.batch_size == Some(0) {
+            return bad("--batch-size", "must be at least 1".into());
+        }
+        if self.print_freq == Some(0) {
+            return bad("--print-freq", "must be at least 1".into());
+        }
+        self.recipe.validate()?;
+        // Without a checkpoint the recipe is complete now; with one, it is checked again once resolved.
+        if self.resume.is_none() && !self.evaluate {
+            self.recipe.resolve(None).0.validate(&self.recipe, false)?;
+        }
+        let crop = self.crop_size.unwrap_or(DEFAULT_CROP_SIZE);
+        if crop == 0 {
+            return bad("--crop-size", "must be at least 1".into());
+        }
+        let resize = self.val_resize.unwrap_or(DEFAULT_VAL_RESIZE);
+        if resize < crop {
+            return bad(
+                "--val-resize",
+                format!(
+                    "{resize} is smaller than --crop-size {crop}: the centre crop would not fit"
+                ),
+            );
+        }
+        if self.limit_train == Some(0) {
+            return bad("--limit-train", "must be at least 1".into());
+        }
+        if self.limit_val == Some(0) {
+            return bad("--limit-val", "must be at least 1".into());
+        }
+        if let Some(jpeg) = self.jpeg
+            && !jpeg.is_available()
+        {
+            return bad(
+                "--jpeg",
+                format!(
+                    "{jpeg}: this imgtrain was built without it (build with the default features)"
+                ),
+            );
+        }
+        if self.data.is_none() && !self.dummy {
+            return bad(
+                "DATA",
+                "no dataset given: pass a folder (or --data DIR), or --dummy for synthetic data"
+                    .into(),
+            );
+        }
+        if self.pretrained.as_deref() == Some(Path::new("")) {
+            return bad(
+                "--pretrained",
+                "needs a weights file: imgtrain downloads nothing; export torchvision's weights to \
+                 safetensors (trainer/scripts/export_torchvision.py) and pass --pretrained FILE"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A run with every default resolved: what [`crate::train::run`] and the [`crate::trainer::Trainer`]
+/// follow.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub device: DeviceInfo,
+    pub arch: String,
+    pub amp: Amp,
+    pub channels_last: bool,
+    pub recipe: Recipe,
+    /// One line per flag that overrode the checkpoint's recipe.
+    pub overrides: Vec<String>,
+    pub seed: u64,
+    /// Whether the seed was given (`--seed`) or restored, rather than drawn.
+    pub seed_chosen: bool,
+    pub start_epoch: u64,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub print_freq: usize,
+    pub crop_size: u32,
+    pub val_resize: u32,
+    pub jpeg: JpegBackend,
+    pub output_dir: PathBuf,
+}
+
+impl Plan {
+    /// Resolves `cfg` (already validated) against the device and the checkpoint being resumed.
+    pub fn resolve(
+        cfg: &TrainConfig,
+        device: DeviceInfo,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Plan> {
+        let cuda = matches!(device.device, Device::Cuda(_));
+        let amp = cfg.amp.unwrap_or(if cuda { Amp::Bf16 } else { Amp::Off });
+        if amp != Amp::Off && !cuda {
+            return bad(
+                "--amp",
+                format!(
+                    "{} autocast needs a CUDA device; this run is on the CPU: use --amp off",
+                    amp.name()
+                ),
+            );
+        }
+        let saved = checkpoint.map(|c| &c.meta.recipe);
+        let (recipe, overrides) = cfg.recipe.resolve(saved);
+        if !cfg.evaluate {
+            recipe.validate(&cfg.recipe, saved.is_some())?;
+        }
+        let restored_seed = checkpoint.map(|c| c.meta.seed);
+        let seed = cfg.seed.or(restored_seed).unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(Plan {
+            device,
+            arch: cfg.arch().to_owned(),
+            amp,
+            channels_last: cfg.channels_last.unwrap_or(cuda),
+            recipe,
+            overrides,
+            seed,
+            seed_chosen: cfg.seed.is_some() || restored_seed.is_some(),
+            start_epoch: cfg
+                .start_epoch
+                .or(checkpoint.map(|c| c.meta.epoch))
+                .unwrap_or(0),
+            workers: cfg.workers.unwrap_or(DEFAULT_WORKERS),
+            batch_size: cfg.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            print_freq: cfg.print_freq.unwrap_or(DEFAULT_PRINT_FREQ),
+            crop_size: cfg.crop_size.unwrap_or(DEFAULT_CROP_SIZE),
+            val_resize: cfg.val_resize.unwrap_or(DEFAULT_VAL_RESIZE),
+            jpeg: cfg.jpeg.unwrap_or_default(),
+            output_dir: cfg.output_dir.clone().unwrap_or_else(|| PathBuf::from(".")),
+        })
+    }
+
+    /// Whether the run computes on a CUDA device.
+    pub fn cuda(&self) -> bool {
+        matches!(self.device.device, Device::Cuda(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_checkpoint_and_say_so() {
+        let saved = Recipe {
+            epochs: 1,
+            lr: 0.05,
+            momentum: 0.5,
+            weight_decay: 0.01,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_epochs: 0.5,
+            label_smoothing: 0.1,
+        };
+        let none = RecipeFlags::default();
+        assert_eq!(none.resolve(Some(&saved)), (saved, vec![]));
+        assert_eq!(none.resolve(None).0, Recipe::default());
+        let flags = RecipeFlags {
+            epochs: Some(2),
+            momentum: Some(0.5),
+            ..RecipeFlags::default()
+        };
+        let (r, overrides) = flags.resolve(Some(&saved));
+        assert_eq!(r, Recipe { epochs: 2, ..saved });
+        // --momentum equals the saved value: not an override.
+        assert_eq!(overrides, vec!["--epochs 2 overrides the checkpoint's 1"]);
+    }
+
+    #[test]
+    fn warmup_must_end_before_the_run_does() {
+        let flags = RecipeFlags {
+            epochs: Some(3),
+            warmup_epochs: Some(5.0),
+            ..RecipeFlags::default()
+        };
+        let err = flags.resolve(None).0.validate(&flags, false).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("--warmup-epochs: 5 is not less than --epochs 3"),
+            "{msg}"
+        );
+        // From a checkpoint: the message says where the value came from.
+        let saved = Recipe {
+            warmup_epochs: 2.0,
+            ..Recipe::default()
+        };
+        let flags = RecipeFlags {
+            epochs: Some(2),
+            ..RecipeFlags::default()
+        };
+        let msg = flags
+            .resolve(Some(&saved))
+            .0
+            .validate(&flags, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("2 (from the checkpoint) is not less than --epochs 2"),
+            "{msg}"
+        );
+        let ok = RecipeFlags {
+            epochs: Some(3),
+            warmup_epochs: Some(2.5),
+            ..RecipeFlags::default()
+        };
+        ok.resolve(None).0.validate(&ok, false).unwrap();
+    }
+}
