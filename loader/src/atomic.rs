@@ -44,19 +44,25 @@ pub fn write_file(dest: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Whether `file_name` is a temporary file that [`write_file`] may have left for a destination named
 /// `dest_name` in the same folder.
 pub fn is_temporary_of(file_name: &str, dest_name: &str) -> bool {
-    file_name
+    temporary_owner(file_name, dest_name).is_some()
+}
+
+/// The id of the process that wrote `file_name`, when it is a temporary file of [`write_file`] for a
+/// destination named `dest_name`: a caller cleaning up can leave alone the files of a process still alive.
+pub fn temporary_owner(file_name: &str, dest_name: &str) -> Option<u32> {
+    let (pid, n) = file_name
         .strip_prefix('.')
         .and_then(|rest| rest.strip_prefix(dest_name))
         .and_then(|rest| rest.strip_prefix('.'))
         .and_then(|rest| rest.strip_suffix(".tmp"))
-        .is_some_and(|id| {
-            id.split_once('-').is_some_and(|(pid, n)| {
-                !pid.is_empty()
-                    && !n.is_empty()
-                    && pid.bytes().all(|b| b.is_ascii_digit())
-                    && n.bytes().all(|b| b.is_ascii_digit())
-            })
-        })
+        .and_then(|id| id.split_once('-'))?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 #[cfg(test)]
@@ -99,6 +105,14 @@ mod tests {
 
     #[test]
     fn temporaries_are_recognised() {
+        assert_eq!(
+            temporary_owner(".progress.json.123-0.tmp", "progress.json"),
+            Some(123)
+        );
+        assert_eq!(
+            temporary_owner(".progress.json.99999999999-0.tmp", "progress.json"),
+            None
+        );
         assert!(is_temporary_of(".progress.json.123-0.tmp", "progress.json"));
         assert!(!is_temporary_of(".progress.json.tmp", "progress.json"));
         assert!(!is_temporary_of(

@@ -67,7 +67,9 @@ fn manual_seed(seed: u64) {
 }
 
 /// Fails unless `dir` can hold checkpoints: created if missing, and a probe file written and removed.
-fn check_output_dir(dir: &Path) -> Result<()> {
+/// Then removes the temporary files a killed run left while writing a checkpoint (those of a process
+/// still alive, which may be writing now, are left alone), saying so.
+fn prepare_output_dir(dir: &Path) -> Result<()> {
     let fail = |source| TrainError::OutputDir {
         path: dir.to_owned(),
         source,
@@ -75,7 +77,25 @@ fn check_output_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(fail)?;
     let probe = dir.join(".imgtrain-write-test");
     std::fs::write(&probe, b"").map_err(fail)?;
-    std::fs::remove_file(&probe).map_err(fail)
+    std::fs::remove_file(&probe).map_err(fail)?;
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let name = entry.map_err(fail)?.file_name();
+        let name = name.to_string_lossy();
+        let owner = [CHECKPOINT_FILE, BEST_FILE]
+            .iter()
+            .find_map(|dest| imgloader::atomic::temporary_owner(&name, dest));
+        let Some(pid) = owner else { continue };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let path = dir.join(&*name);
+            std::fs::remove_file(&path).map_err(fail)?;
+            println!(
+                "=> removed {}, left by an interrupted checkpoint write",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The opened splits of a run (none for `--dummy`).
@@ -239,7 +259,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     let checkpoint = read_checkpoint(cfg, &classes)?;
     let plan = Plan::resolve(cfg, info, checkpoint.as_ref())?;
     if !cfg.evaluate {
-        check_output_dir(&plan.output_dir)?;
+        prepare_output_dir(&plan.output_dir)?;
     }
 
     println!(

@@ -361,6 +361,93 @@ fn validation_leaves_a_bad_image_out_instead_of_counting_another_twice() {
     assert!(o_without.contains("over 11 images"), "{o_without}");
 }
 
+/// The temporary files of a checkpoint write in `dir`, with the process that wrote each.
+fn checkpoint_temporaries(dir: &Path) -> Vec<(String, u32)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            ["checkpoint.safetensors", "model_best.safetensors"]
+                .iter()
+                .find_map(|d| imgloader::atomic::temporary_owner(&name, d))
+                .map(|pid| (name, pid))
+        })
+        .collect()
+}
+
+/// `kill -9` at moments spread over a run, half of them while a checkpoint is being written: whatever
+/// checkpoint is there reads and checks out, and the next start removes the temporary files. The number
+/// of kills is `IMGTRAIN_KILLS` (6 here; RELIABILITY.md's long form runs 50).
+#[test]
+fn checkpoints_survive_kill_9() {
+    let kills: u64 = std::env::var("IMGTRAIN_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("checkpoint.safetensors");
+    let mut mid_write = 0;
+    for i in 0..kills {
+        let mut child = imgtrain()
+            .arg(dataset())
+            .args(SMALL)
+            .args(["--epochs", "1000", "--output_dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        if i % 2 == 0 {
+            // While a write is under way: as soon as this process's temporary file appears, then 0-19 ms.
+            while !checkpoint_temporaries(dir.path())
+                .iter()
+                .any(|(_, p)| *p == pid)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no checkpoint write seen"
+                );
+                assert!(child.try_wait().unwrap().is_none(), "imgtrain exited");
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(i * 7 % 20));
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(700 + i * 611 % 3000));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if checkpoint_temporaries(dir.path())
+            .iter()
+            .any(|(_, p)| *p == pid)
+        {
+            mid_write += 1;
+        }
+        if ck.exists() {
+            if let Err(e) = Checkpoint::read(&ck) {
+                panic!("after kill {i}: {e}");
+            }
+        }
+    }
+    assert!(
+        kills < 2 || mid_write > 0,
+        "no kill landed during a write: the test did not test"
+    );
+    // Each start removed what the kill before it left; the last kill's temporary (if any) is still here.
+    let left = checkpoint_temporaries(dir.path());
+    assert!(left.len() <= 1, "{left:?}");
+    let out = train(dir.path(), &["--epochs", "1"]);
+    let o = stdout(&out);
+    assert_eq!(
+        o.matches("left by an interrupted checkpoint write").count(),
+        left.len(),
+        "{o}"
+    );
+    assert!(checkpoint_temporaries(dir.path()).is_empty());
+    Checkpoint::read(&ck).unwrap();
+}
+
 #[test]
 fn evaluate_only_reproduces_the_checkpoint_accuracy() {
     let ck_path = runs().straight.join("checkpoint.safetensors");
