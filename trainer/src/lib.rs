@@ -5,6 +5,7 @@
 //! bit for bit on the CPU.
 
 pub mod amp;
+pub mod bridge;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
