@@ -8,9 +8,13 @@
 //! - the trainer's C++ bridge (`cpp/bridge.cpp`, Rust side `src/bridge.rs`), compiled against the headers
 //!   of the same libtorch: `<root>/include` and `<root>/include/torch/csrc/api/include`, where `<root>` is
 //!   the parent of torch-sys's lib dir. Its CUDA stream and event functions go through c10's
-//!   device-generic interface, so neither CUDA headers nor a CUDA toolkit are needed to build it.
+//!   device-generic interface, so neither CUDA headers nor a CUDA toolkit are needed to build it; only
+//!   the count of host-device synchronisations (libtorch's sync debug mode, `c10/cuda/CUDAFunctions.h`)
+//!   needs `cuda_runtime_api.h`, and is compiled in when one is found: `IMGTRAIN_CUDA_INCLUDE`, then
+//!   PyPI's `nvidia/cu13/include` beside torch (`scripts/libtorch-env.sh` installs it), then
+//!   `$CUDA_HOME/include` and `/usr/local/cuda/include`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
@@ -60,11 +64,37 @@ fn bridge(lib: &Path) {
         .extra_warnings(true)
         .opt_level(2);
     // As system headers: libtorch's own headers trip -Wextra (unused parameters) by the dozen.
-    for dir in [
+    let mut includes = vec![
         root.join("include"),
         root.join("include/torch/csrc/api/include"),
-    ] {
+    ];
+    if let Some(cuda) = cuda_include(root) {
+        build.define("IMGTRAIN_BRIDGE_CUDA", None);
+        includes.push(cuda);
+    }
+    for dir in includes {
         build.flag("-isystem").flag(dir.display().to_string());
     }
     build.compile("imgtrain_bridge");
+}
+
+/// A folder with `cuda_runtime_api.h`, for the bridge's synchronisation count; see the module docs.
+fn cuda_include(torch_root: &Path) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=IMGTRAIN_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("IMGTRAIN_CUDA_INCLUDE") {
+        candidates.push(PathBuf::from(dir));
+    }
+    // torch's Python package: <site-packages>/torch; the NVIDIA wheels: <site-packages>/nvidia/cu13.
+    if let Some(site) = torch_root.parent() {
+        candidates.push(site.join("nvidia/cu13/include"));
+    }
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("cuda_runtime_api.h").is_file())
 }

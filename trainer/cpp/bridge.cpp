@@ -16,6 +16,11 @@
 #include <c10/core/GradMode.h>
 #include <c10/core/Stream.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+#ifdef IMGTRAIN_BRIDGE_CUDA
+// Only for libtorch's sync debug mode (imgtrain_cuda_sync_count_start); needs cuda_runtime_api.h.
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -353,6 +358,38 @@ char* imgtrain_grads_set_to_none(const at::Tensor* const* params, size_t n) {
 
 // ---- CUDA streams and events ------------------------------------------------------------------------
 
+namespace {
+
+// The message of libtorch's sync debug mode (c10/cuda/CUDAFunctions.cpp, warn_or_error_on_sync).
+constexpr const char* kSyncWarning = "called a synchronizing CUDA operation";
+
+// Counts the sync debug mode's warnings raised on its thread and passes every other warning on.
+class SyncCounter final : public c10::WarningHandler {
+ public:
+  void process(const c10::Warning& warning) override {
+    if (warning.msg() == kSyncWarning) {
+      ++count;
+    } else if (next != nullptr) {
+      next->process(warning);
+    }
+  }
+  c10::WarningHandler* next = nullptr;
+  uint64_t count = 0;
+  bool active = false;
+};
+
+// c10's warning handler is per thread, and so is this count: the thread that runs the steps.
+thread_local SyncCounter tl_syncs;
+
+void stop_counting() {
+  if (tl_syncs.active) {
+    c10::WarningUtils::set_warning_handler(tl_syncs.next);
+    tl_syncs.active = false;
+  }
+}
+
+} // namespace
+
 // A stream from libtorch's pool on CUDA device `device_index` (-1: the current device).
 char* imgtrain_cuda_stream_from_pool(int8_t device_index, bool high_priority, imgtrain_stream* out) {
   return guarded([&] {
@@ -425,9 +462,15 @@ char* imgtrain_cuda_event_query(void* event, bool* done) {
   return guarded([&] { *done = static_cast<c10::Event*>(event)->query(); });
 }
 
-// Host waits for the work the event was recorded after.
+// Host waits for the work the event was recorded after. Counted as a synchronisation (c10 does not flag
+// event waits in its sync debug mode).
 char* imgtrain_cuda_event_synchronize(void* event) {
-  return guarded([&] { static_cast<c10::Event*>(event)->synchronize(); });
+  return guarded([&] {
+    static_cast<c10::Event*>(event)->synchronize();
+    if (tl_syncs.active) {
+      ++tl_syncs.count;
+    }
+  });
 }
 
 // Work queued on `s` from now on waits for the event (no host wait).
@@ -448,6 +491,70 @@ char* imgtrain_tensor_record_stream(const at::Tensor* t, const imgtrain_stream* 
       throw std::invalid_argument("record_stream: the tensor is not on a CUDA device");
     }
     impl->recordDataPtrOnStream(t->storage().data_ptr(), unpack(s));
+  });
+}
+
+// Whether the bridge was compiled with CUDA headers (needed for counting synchronisations only).
+bool imgtrain_bridge_has_cuda_headers() {
+#ifdef IMGTRAIN_BRIDGE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Starts counting host-device synchronisations made on the calling thread: libtorch's own sync debug
+// mode (torch.cuda.set_sync_debug_mode("warn")) flags every blocking device-to-host copy (.item(),
+// .to(cpu) without non_blocking), stream and device synchronize; its warning is counted here instead of
+// printed, and imgtrain_cuda_event_synchronize counts itself. The mode is process-wide: a sync on another
+// thread prints libtorch's warning. Checks itself with one stream synchronize, not counted.
+char* imgtrain_cuda_sync_count_start() {
+  return guarded([] {
+#ifndef IMGTRAIN_BRIDGE_CUDA
+    throw std::runtime_error(
+        "built without CUDA stream support for counting synchronisations: no cuda_runtime_api.h was "
+        "found when the bridge was compiled (see trainer/build.rs)");
+#else
+    const auto* impl = cuda_impl();
+    if (!tl_syncs.active) {
+      tl_syncs.next = c10::WarningUtils::get_warning_handler();
+      c10::WarningUtils::set_warning_handler(&tl_syncs);
+      tl_syncs.active = true;
+    }
+    // warning_state() is an inline function with a static local: libc10_cuda and this object share it
+    // only through the dynamic linker's unique-symbol binding. Check that they do.
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+    const uint64_t before = tl_syncs.count;
+    impl->synchronizeStream(impl->getStream(impl->getDevice()));
+    if (tl_syncs.count != before + 1) {
+      c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+      stop_counting();
+      throw std::runtime_error(
+          "libtorch's sync debug mode did not report a stream synchronize; synchronisations cannot be "
+          "counted in this build");
+    }
+    tl_syncs.count = before;
+#endif
+  });
+}
+
+// The synchronisations counted on the calling thread since the first imgtrain_cuda_sync_count_start.
+char* imgtrain_cuda_sync_count(uint64_t* out) {
+  return guarded([&] {
+    if (!tl_syncs.active) {
+      throw std::logic_error("synchronisations are not being counted on this thread");
+    }
+    *out = tl_syncs.count;
+  });
+}
+
+// Stops counting on the calling thread and switches libtorch's sync debug mode off again.
+char* imgtrain_cuda_sync_count_stop() {
+  return guarded([] {
+#ifdef IMGTRAIN_BRIDGE_CUDA
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+#endif
+    stop_counting();
   });
 }
 

@@ -5,7 +5,7 @@
 //! - one SGD step over all parameters ([`sgd_step`]), per parameter, with `_foreach_` ops or with the
 //!   fused kernel, and gradients reset to undefined ([`grads_set_to_none`]);
 //! - CUDA streams and events for overlapping host-to-device copies with compute ([`CudaStream`],
-//!   [`CudaEvent`], [`record_stream`]).
+//!   [`CudaEvent`], [`record_stream`]), and a count of host-device synchronisations ([`SyncCounter`]).
 //!
 //! Every C++ function catches all exceptions and hands back their message, which becomes
 //! [`TrainError::Bridge`] naming the operation: a libtorch error never unwinds into Rust (that would
@@ -86,6 +86,11 @@ mod ffi {
             t: *const C_tensor,
             s: *const RawStream,
         ) -> *mut c_char;
+
+        pub fn imgtrain_bridge_has_cuda_headers() -> bool;
+        pub fn imgtrain_cuda_sync_count_start() -> *mut c_char;
+        pub fn imgtrain_cuda_sync_count(out: *mut u64) -> *mut c_char;
+        pub fn imgtrain_cuda_sync_count_stop() -> *mut c_char;
     }
 }
 
@@ -311,7 +316,10 @@ impl CudaStream {
         check("cuda_exchange_stream", unsafe {
             ffi::imgtrain_cuda_exchange_stream(&self.0, &mut previous)
         })?;
-        Ok(StreamGuard { previous })
+        Ok(StreamGuard {
+            previous,
+            _thread_bound: std::marker::PhantomData,
+        })
     }
 
     /// Work queued on this stream from now on waits for all the work queued on `other` so far; the host
@@ -337,6 +345,8 @@ impl CudaStream {
 #[must_use = "the stream is current only while the guard lives"]
 pub struct StreamGuard {
     previous: RawStream,
+    /// The current stream is per thread: the guard must drop on the thread that made it.
+    _thread_bound: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for StreamGuard {
@@ -425,6 +435,64 @@ pub fn record_stream(tensor: &Tensor, stream: &CudaStream) -> Result<()> {
     })
 }
 
+/// Whether the bridge was compiled with CUDA's `cuda_runtime_api.h`, which [`SyncCounter`] needs (see
+/// `trainer/build.rs`); streams and events do not.
+pub fn built_with_cuda_headers() -> bool {
+    // SAFETY: no arguments, no state.
+    unsafe { ffi::imgtrain_bridge_has_cuda_headers() }
+}
+
+/// Counts the host-device synchronisations made on the calling thread while it lives.
+///
+/// It switches on libtorch's sync debug mode (PyTorch's `torch.cuda.set_sync_debug_mode("warn")`), which
+/// flags every blocking device-to-host copy (`.item()`, `double_value`, `.to(Device::Cpu)`, a
+/// `Vec::try_from` of a CUDA tensor), every stream and device synchronize, and counts those flags instead
+/// of printing them; [`CudaEvent::synchronize`] counts itself (libtorch does not flag event waits).
+/// Not counted: implicit synchronisations inside the CUDA runtime (`cudaMalloc`/`cudaFree` when the
+/// caching allocator grows or frees, pinned host allocations) and waits on `CudaEvent::query` loops.
+/// The mode is process-wide: a sync on another thread prints libtorch's warning. Start it on the thread
+/// that runs the steps, around the steps measured, one counter at a time (dropping one stops counting
+/// on its thread).
+#[derive(Debug)]
+pub struct SyncCounter {
+    /// The count lives in the C++ thread-local state of the thread that started it.
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+impl SyncCounter {
+    /// Starts counting; checks with one stream synchronize (not counted) that libtorch's flags reach
+    /// the counter. Fails where there is no CUDA device, or the bridge was built without CUDA headers.
+    pub fn start() -> Result<SyncCounter> {
+        // SAFETY: no arguments; thread-local state.
+        check("cuda_sync_count_start", unsafe {
+            ffi::imgtrain_cuda_sync_count_start()
+        })?;
+        Ok(SyncCounter {
+            _thread_bound: std::marker::PhantomData,
+        })
+    }
+
+    /// The synchronisations counted so far on this thread.
+    pub fn count(&self) -> Result<u64> {
+        let mut out = 0;
+        // SAFETY: `out` is a valid place for the result.
+        check("cuda_sync_count", unsafe {
+            ffi::imgtrain_cuda_sync_count(&mut out)
+        })?;
+        Ok(out)
+    }
+}
+
+impl Drop for SyncCounter {
+    fn drop(&mut self) {
+        // SAFETY: no arguments; restores the thread's previous warning handler. It cannot fail; there
+        // is nothing to do in a destructor if it did.
+        let _ = check("cuda_sync_count_stop", unsafe {
+            ffi::imgtrain_cuda_sync_count_stop()
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +539,18 @@ mod tests {
         let msg = cuda_error(cpu.synchronize().unwrap_err());
         assert!(msg.contains("not a CUDA stream"), "{msg}");
         assert!(CudaStream::from_pool(Some(1000), false).is_err());
+        let msg = cuda_error(SyncCounter::start().unwrap_err());
+        assert!(msg.contains("cuda_sync_count_start"), "{msg}");
+        if built_with_cuda_headers() {
+            assert!(msg.contains("CUDA not available"), "{msg}");
+        } else {
+            assert!(msg.contains("built without CUDA stream support"), "{msg}");
+        }
+        // Never started on this thread: an error, not a zero.
+        // SAFETY: no arguments.
+        let err = unsafe { ffi::imgtrain_cuda_sync_count(&mut 0) };
+        let msg = cuda_error(check("cuda_sync_count", err).unwrap_err());
+        assert!(msg.contains("not being counted"), "{msg}");
     }
 
     #[test]
