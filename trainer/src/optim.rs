@@ -15,7 +15,10 @@
 //!   `torch.optim.SGD(foreach=False)` and so is bit-identical to it (`tests/train_optim.rs`). The
 //!   `_foreach_` path is bit-identical too on the CPU (libtorch's CPU `_foreach_` ops are loops of the
 //!   same per-tensor kernels) but gains nothing there; the fused CPU kernel rounds differently (it fuses
-//!   multiply-adds) and is a few ulps off, hence not the CPU default.
+//!   multiply-adds) and is a few ulps off, hence not the CPU default although it is faster. Measured
+//!   through `torch.optim.SGD` on the 2-core dev machine (2026-12-01, resnet50's 161 tensors, 25.6M
+//!   values, momentum and weight decay, busy machine): per-parameter 105-126 ms a step, `foreach` 91-123,
+//!   fused 34-48.
 
 use std::collections::BTreeMap;
 
