@@ -7,6 +7,15 @@
 //! - CUDA streams and events for overlapping host-to-device copies with compute ([`CudaStream`],
 //!   [`CudaEvent`], [`record_stream`]), and a count of host-device synchronisations ([`SyncCounter`]).
 //!
+//! A host-to-device copy beside the compute stream, for the training loop (all on the loop's thread):
+//! 1. once: `let copy = CudaStream::from_pool(Some(dev), false)?`;
+//! 2. per batch: `{ let _on = copy.make_current()?; /* pinned host tensor .to_device_(.., non_blocking) */ }`,
+//!    then `let mut copied = CudaEvent::new()?; copied.record(&copy)?` (the pinned buffer may go back to
+//!    the loader once `copied.query()?` is true);
+//! 3. before the batch is used: `let compute = CudaStream::current(Some(dev))?;
+//!    compute.wait_stream(&copy)?` (or `copied.block(&compute)?`), and `record_stream(&images, &compute)?`
+//!    since the device memory was allocated while `copy` was current.
+//!
 //! Every C++ function catches all exceptions and hands back their message, which becomes
 //! [`TrainError::Bridge`] naming the operation: a libtorch error never unwinds into Rust (that would
 //! abort the process).

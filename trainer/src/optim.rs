@@ -144,7 +144,8 @@ impl Sgd {
         self.names.iter().map(String::as_str).zip(&self.params)
     }
 
-    /// Replaces the momentum buffer of variable `name` with a copy of `value` on the variable's device.
+    /// Replaces the momentum buffer of variable `name` with a copy of `value` on the variable's device, in
+    /// its dtype and memory layout.
     /// Returns false when `name` is not a trainable variable or the shapes differ.
     pub fn set_momentum_buffer(&mut self, name: &str, value: &Tensor) -> Result<bool> {
         let Some(i) = self.names.iter().position(|n| n == name) else {
@@ -155,9 +156,10 @@ impl Sgd {
             return Ok(false);
         }
         let what = || format!("restoring the momentum buffer of {name}");
-        let b = value
-            .f_to_device_(p.device(), p.kind(), false, true)
-            .during(what)?;
+        // The variable's device, dtype and memory layout (channels_last weights): the fused kernel wants
+        // parameters, gradients and buffers with the same strides.
+        let mut b = p.f_empty_like().during(what)?;
+        tch::no_grad(|| b.f_copy_(value)).during(what)?;
         self.buffers[i] = b;
         Ok(true)
     }

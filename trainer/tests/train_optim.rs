@@ -327,6 +327,30 @@ fn scaled_step_unscales_and_skips_on_found_inf() {
     }
 }
 
+/// A restored buffer takes its variable's memory layout, as the fused kernel wants (channels_last
+/// weights with buffers from a contiguous checkpoint tensor).
+#[test]
+fn restored_buffers_take_the_variables_layout() {
+    let vs = VarStore::new(Device::Cpu);
+    let w = vs.root().var("w", &[2, 3, 2, 2], Init::Const(0.5));
+    tch::no_grad(|| {
+        // NHWC storage seen as NCHW: PyTorch's channels_last.
+        let cl = w.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        w.shallow_clone().set_data(&cl);
+    });
+    assert_ne!(w.stride(), [12, 4, 2, 1]);
+    let mut sgd = Sgd::new(&vs, 0.9, 0.0);
+    let saved = Tensor::arange(24, (Kind::Float, Device::Cpu)).reshape([2, 3, 2, 2]);
+    assert!(sgd.set_momentum_buffer("w", &saved).unwrap());
+    let buf = sgd.momentum_buffers().next().unwrap().1.unwrap();
+    assert_eq!(buf.stride(), w.stride());
+    assert_eq!(values(buf), values(&saved));
+    sgd.set_kernel(SgdKernel::Fused);
+    sgd.zero_grad();
+    w.sum(Kind::Float).backward();
+    sgd.step(0.1).unwrap();
+}
+
 #[test]
 fn momentum_buffers_round_trip_through_set() {
     let vs = VarStore::new(Device::Cpu);
