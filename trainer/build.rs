@@ -68,9 +68,14 @@ fn bridge(lib: &Path) {
         root.join("include"),
         root.join("include/torch/csrc/api/include"),
     ];
-    if let Some(cuda) = cuda_include(root) {
+    // The sync count also calls into libc10_cuda (c10::cuda::warn_or_error_on_sync, for its self-test),
+    // which a CPU-only libtorch does not have.
+    if let Some(cuda) = cuda_include(root)
+        && lib.join("libc10_cuda.so").exists()
+    {
         build.define("IMGTRAIN_BRIDGE_CUDA", None);
         includes.push(cuda);
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     for dir in includes {
         build.flag("-isystem").flag(dir.display().to_string());

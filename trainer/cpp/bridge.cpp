@@ -538,6 +538,28 @@ char* imgtrain_cuda_sync_count_start() {
   });
 }
 
+// Checks, without a GPU, that the sync debug mode set here is the one libc10_cuda reads (see
+// imgtrain_cuda_sync_count_start): raises libtorch's own sync flag once and reports how many this
+// thread's counter saw (1 when the mode is shared).
+char* imgtrain_cuda_sync_flag_selftest(uint64_t* counted) {
+  return guarded([&] {
+#ifndef IMGTRAIN_BRIDGE_CUDA
+    throw std::runtime_error("built without CUDA stream support");
+#else
+    auto& state = c10::cuda::warning_state();
+    const auto mode = state.get_sync_debug_mode();
+    SyncCounter local;
+    local.next = c10::WarningUtils::get_warning_handler();
+    c10::WarningUtils::set_warning_handler(&local);
+    state.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+    c10::cuda::warn_or_error_on_sync();
+    state.set_sync_debug_mode(mode);
+    c10::WarningUtils::set_warning_handler(local.next);
+    *counted = local.count;
+#endif
+  });
+}
+
 // The synchronisations counted on the calling thread since the first imgtrain_cuda_sync_count_start.
 char* imgtrain_cuda_sync_count(uint64_t* out) {
   return guarded([&] {

@@ -562,6 +562,26 @@ mod tests {
         assert!(msg.contains("not being counted"), "{msg}");
     }
 
+    /// The sync count's mechanism, checked without a GPU: the debug mode the bridge sets is the one
+    /// libc10_cuda reads (one static shared through a unique-symbol binding), and its flag reaches the
+    /// bridge's counter instead of stderr.
+    #[test]
+    fn sync_flags_reach_the_counter() {
+        unsafe extern "C" {
+            fn imgtrain_cuda_sync_flag_selftest(counted: *mut u64) -> *mut c_char;
+        }
+        if !built_with_cuda_headers() {
+            return;
+        }
+        let mut counted = 0;
+        // SAFETY: `counted` is a valid place for the result; the state touched is restored.
+        check("cuda_sync_flag_selftest", unsafe {
+            imgtrain_cuda_sync_flag_selftest(&mut counted)
+        })
+        .unwrap();
+        assert_eq!(counted, 1);
+    }
+
     #[test]
     fn bad_autocast_codes_are_errors_not_out_of_bounds_writes() {
         let msg = autocast_set_dtype(100, 5).unwrap_err().to_string();
