@@ -4,18 +4,26 @@
 //!   (plus `$ORIGIN`, for libraries copied beside the binary);
 //! - keep `libtorch_cuda` linked although no symbol of it is referenced: libtorch registers its CUDA
 //!   backend from that library's static initialisers, and `--as-needed` would drop it, leaving CUDA
-//!   silently unavailable at run time.
+//!   silently unavailable at run time;
+//! - the trainer's C++ bridge (`cpp/bridge.cpp`, Rust side `src/bridge.rs`), compiled against the headers
+//!   of the same libtorch: `<root>/include` and `<root>/include/torch/csrc/api/include`, where `<root>` is
+//!   the parent of torch-sys's lib dir. Its CUDA stream and event functions go through c10's
+//!   device-generic interface, so neither CUDA headers nor a CUDA toolkit are needed to build it; only
+//!   the count of host-device synchronisations (libtorch's sync debug mode, `c10/cuda/CUDAFunctions.h`)
+//!   needs `cuda_runtime_api.h`, and is compiled in when one is found: `IMGTRAIN_CUDA_INCLUDE`, then
+//!   PyPI's `nvidia/cu13/include` beside torch (`scripts/libtorch-env.sh` installs it), then
+//!   `$CUDA_HOME/include` and `/usr/local/cuda/include`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!("cargo:warning=torch-sys did not report its libtorch lib dir; no rpath set");
-        println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_VERSION=unknown");
-        println!("cargo:rustc-env=IMGTRAIN_LIBTORCH_LIB=unknown");
-        return;
-    };
+    println!("cargo:rerun-if-changed=cpp/bridge.cpp");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect(
+        "torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB); the trainer's C++ bridge \
+         needs that libtorch's headers",
+    );
+    bridge(Path::new(&lib));
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}:$ORIGIN");
     // torch's Python package keeps its version beside lib/; a plain libtorch zip has build-version.
     let root = Path::new(&lib).parent().unwrap_or(Path::new(&lib));
@@ -40,4 +48,58 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// Compiles `cpp/bridge.cpp` into a static library linked into this crate.
+fn bridge(lib: &Path) {
+    let root = lib.parent().unwrap_or(lib);
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("cpp/bridge.cpp")
+        .flag("-std=c++17")
+        // The ABI of PyPI's torch and of libtorch's cxx11 zips; torch-sys compiles its wrapper the same way.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(true)
+        .extra_warnings(true)
+        .opt_level(2);
+    // As system headers: libtorch's own headers trip -Wextra (unused parameters) by the dozen.
+    let mut includes = vec![
+        root.join("include"),
+        root.join("include/torch/csrc/api/include"),
+    ];
+    // The sync count also calls into libc10_cuda (c10::cuda::warn_or_error_on_sync, for its self-test),
+    // which a CPU-only libtorch does not have.
+    if let Some(cuda) = cuda_include(root)
+        && lib.join("libc10_cuda.so").exists()
+    {
+        build.define("IMGTRAIN_BRIDGE_CUDA", None);
+        includes.push(cuda);
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    for dir in includes {
+        build.flag("-isystem").flag(dir.display().to_string());
+    }
+    build.compile("imgtrain_bridge");
+}
+
+/// A folder with `cuda_runtime_api.h`, for the bridge's synchronisation count; see the module docs.
+fn cuda_include(torch_root: &Path) -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=IMGTRAIN_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::var_os("IMGTRAIN_CUDA_INCLUDE") {
+        candidates.push(PathBuf::from(dir));
+    }
+    // torch's Python package: <site-packages>/torch; the NVIDIA wheels: <site-packages>/nvidia/cu13.
+    if let Some(site) = torch_root.parent() {
+        candidates.push(site.join("nvidia/cu13/include"));
+    }
+    if let Some(home) = std::env::var_os("CUDA_HOME") {
+        candidates.push(PathBuf::from(home).join("include"));
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("cuda_runtime_api.h").is_file())
 }

@@ -1,12 +1,13 @@
 //! Automatic mixed precision: autocast on CUDA in bf16 or fp16, and the dynamic loss scaler fp16 needs.
 //!
 //! tch's `autocast` switches CUDA autocast on and off but cannot choose its dtype, which libtorch keeps per
-//! device type and defaults to fp16. This module calls libtorch's own `at::autocast` functions (exported
-//! by `libtorch_cpu`): [`set_cuda_autocast_dtype`] sets the dtype and reads it back to check it,
-//! [`cuda_autocast`] switches autocast on around a forward pass.
+//! device type and defaults to fp16. This module calls libtorch's own `at::autocast` functions through
+//! the trainer's C++ bridge ([`crate::bridge`]): [`set_cuda_autocast_dtype`] sets the dtype and reads it
+//! back to check it, [`cuda_autocast`] switches autocast on around a forward pass.
 
 use tch::{Device, Kind, Tensor};
 
+use crate::bridge::{self, DEVICE_TYPE_CUDA};
 use crate::error::{Result, TorchContext, TrainError};
 
 /// Mixed-precision mode of a run.
@@ -49,33 +50,9 @@ impl Amp {
     }
 }
 
-/// c10's `DeviceType::CUDA`.
-const DEVICE_TYPE_CUDA: i8 = 1;
 /// c10's `ScalarType` codes (`c10/core/ScalarType.h`, stable since they are serialised).
 const SCALAR_TYPE_HALF: i8 = 5;
 const SCALAR_TYPE_BFLOAT16: i8 = 15;
-
-unsafe extern "C" {
-    // libtorch's autocast controls (`ATen/autocast_mode.h`, exported by libtorch_cpu, which every binary of
-    // this crate links through tch). `c10::DeviceType` and `c10::ScalarType` are enums with `int8_t` as
-    // underlying type, which the Itanium C++ ABI passes and returns like `int8_t`; `bool` like C's
-    // `bool`. The state they touch is thread-local. None of them throws for the CUDA device type; were one
-    // to throw, unwinding out of an `extern "C"` function aborts the process (no undefined behaviour).
-    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-    fn at_set_autocast_dtype(device_type: i8, dtype: i8);
-    #[link_name = "_ZN2at8autocast18get_autocast_dtypeEN3c1010DeviceTypeE"]
-    fn at_get_autocast_dtype(device_type: i8) -> i8;
-    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
-    fn at_set_autocast_enabled(device_type: i8, enabled: bool);
-    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
-    fn at_is_autocast_enabled(device_type: i8) -> bool;
-    #[link_name = "_ZN2at8autocast17increment_nestingEv"]
-    fn at_autocast_increment_nesting() -> i32;
-    #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
-    fn at_autocast_decrement_nesting() -> i32;
-    #[link_name = "_ZN2at8autocast11clear_cacheEv"]
-    fn at_autocast_clear_cache();
-}
 
 /// Makes CUDA autocast compute in `amp`'s dtype (a no-op for [`Amp::Off`]). libtorch keeps the setting per
 /// thread: call this on the thread that runs the forward passes.
@@ -88,11 +65,8 @@ pub fn set_cuda_autocast_dtype(amp: Amp) -> Result<()> {
     } else {
         SCALAR_TYPE_HALF
     };
-    // SAFETY: see the declarations: valid device type and scalar type codes, thread-local state.
-    let got = unsafe {
-        at_set_autocast_dtype(DEVICE_TYPE_CUDA, code);
-        at_get_autocast_dtype(DEVICE_TYPE_CUDA)
-    };
+    bridge::autocast_set_dtype(DEVICE_TYPE_CUDA, code)?;
+    let got = bridge::autocast_get_dtype(DEVICE_TYPE_CUDA)?;
     if got != code {
         return Err(TrainError::Config {
             what: "--amp",
@@ -109,6 +83,10 @@ pub fn set_cuda_autocast_dtype(amp: Amp) -> Result<()> {
 ///
 /// tch's own `autocast` goes through libtorch's deprecated `at::autocast::is_enabled`, which logs a
 /// deprecation warning on every call; this uses the per-device-type functions instead.
+///
+/// # Panics
+/// If libtorch rejects a call to its autocast controls, which libtorch 2.11 never does for the CUDA
+/// device type (the trainer runs forward passes under `catch_torch`, which turns a panic into an error).
 pub fn cuda_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if !enabled {
         return f();
@@ -116,23 +94,28 @@ pub fn cuda_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: see the declarations; this undoes what `cuda_autocast` did, on the same thread.
-            unsafe {
-                if at_autocast_decrement_nesting() == 0 {
+            let restored = bridge::autocast_decrement_nesting().and_then(|depth| {
+                if depth == 0 {
                     // The weights cast for this forward pass are not needed any more.
-                    at_autocast_clear_cache();
+                    bridge::autocast_clear_cache()?;
                 }
-                at_set_autocast_enabled(DEVICE_TYPE_CUDA, self.0);
+                bridge::autocast_set_enabled(DEVICE_TYPE_CUDA, self.0)
+            });
+            // A second panic while `f` unwinds would abort; the first one says enough.
+            if let Err(e) = restored
+                && !std::thread::panicking()
+            {
+                panic!("leaving CUDA autocast: {e}");
             }
         }
     }
-    // SAFETY: see the declarations. The guard restores the previous state even if `f` panics.
-    let _restore = unsafe {
-        let prev = at_is_autocast_enabled(DEVICE_TYPE_CUDA);
-        at_set_autocast_enabled(DEVICE_TYPE_CUDA, true);
-        at_autocast_increment_nesting();
-        Restore(prev)
-    };
+    let entered = bridge::autocast_is_enabled(DEVICE_TYPE_CUDA).and_then(|prev| {
+        bridge::autocast_set_enabled(DEVICE_TYPE_CUDA, true)?;
+        bridge::autocast_increment_nesting()?;
+        Ok(Restore(prev))
+    });
+    // The guard restores the previous state even if `f` panics.
+    let _restore = entered.unwrap_or_else(|e| panic!("entering CUDA autocast: {e}"));
     f()
 }
 
@@ -267,8 +250,7 @@ mod tests {
         set_cuda_autocast_dtype(Amp::Bf16).unwrap();
         set_cuda_autocast_dtype(Amp::Fp16).unwrap();
         set_cuda_autocast_dtype(Amp::Off).unwrap();
-        // SAFETY: see the declarations.
-        let enabled = || unsafe { at_is_autocast_enabled(DEVICE_TYPE_CUDA) };
+        let enabled = || bridge::autocast_is_enabled(DEVICE_TYPE_CUDA).unwrap();
         assert!(!enabled());
         let inside = cuda_autocast(true, enabled);
         assert!(inside);

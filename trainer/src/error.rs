@@ -100,6 +100,10 @@ pub enum TrainError {
         #[source]
         source: tch::TchError,
     },
+    /// A call into the trainer's C++ bridge to libtorch raised a C++ exception; `op` names the bridge
+    /// operation (`sgd_step`, `cuda_event_record`, ...), `message` is libtorch's, without its backtrace.
+    #[error("libtorch failed in {op}: {message}")]
+    Bridge { op: &'static str, message: String },
     /// libtorch raised an error inside a model's forward or backward pass (tch reports those by panicking).
     #[error("libtorch failed {what}: {message}")]
     TorchPanic { what: String, message: String },

@@ -9,6 +9,7 @@
 //! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`].
 
 pub mod amp;
+pub mod bridge;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
