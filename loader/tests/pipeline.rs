@@ -286,15 +286,12 @@ fn bad_samples_are_substituted_deterministically_and_named() {
     assert_eq!(count, count3);
 }
 
+/// Pixels and label of each sample, by name.
+type ByName = std::collections::BTreeMap<String, (Vec<u8>, u32)>;
+
 /// Per sample name, the u8 pixels and label of a val-transform epoch over `source` with `policy`, and the
 /// bad samples reported.
-fn val_by_name(
-    source: Arc<dyn Source>,
-    policy: BadSamples,
-) -> (
-    std::collections::BTreeMap<String, (Vec<u8>, u32)>,
-    Vec<String>,
-) {
+fn val_by_name(source: Arc<dyn Source>, policy: BadSamples) -> (ByName, Vec<String>) {
     let loader = Loader::builder(source.clone())
         .batch_size(7)
         .threads(2)
@@ -339,7 +336,7 @@ fn omit_policy_leaves_bad_samples_out_and_counts_every_other_once() {
     assert!(bad.iter().all(|n| n.contains("zz_")), "{bad:?}");
     // Every good sample is there once, with its own pixels and label, packed in its batch: nothing moved
     // into a bad one's slot.
-    let strip = |m: &std::collections::BTreeMap<String, (Vec<u8>, u32)>, root: &Path| {
+    let strip = |m: &ByName, root: &Path| {
         m.iter()
             .map(|(k, v)| (k.replace(&*root.to_string_lossy(), ""), v.clone()))
             .collect::<Vec<_>>()

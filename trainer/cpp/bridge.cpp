@@ -356,6 +356,21 @@ char* imgtrain_grads_set_to_none(const at::Tensor* const* params, size_t n) {
   });
 }
 
+// Gives every 4-D tensor of `tensors` the channels_last memory layout, in place (the values and the
+// autograd identity stay: `set_data` swaps the storage under the same variable), as PyTorch's
+// `model.to(memory_format=torch.channels_last)` does. Other tensors are left as they are.
+char* imgtrain_channels_last_(const at::Tensor* const* tensors, size_t n) {
+  return guarded([&] {
+    c10::AutoGradMode no_grad(false);
+    for (size_t i = 0; i < n; ++i) {
+      at::Tensor t = *tensors[i];
+      if (t.dim() == 4 && !t.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+        t.set_data(t.contiguous(at::MemoryFormat::ChannelsLast));
+      }
+    }
+  });
+}
+
 // ---- CUDA streams and events ------------------------------------------------------------------------
 
 namespace {

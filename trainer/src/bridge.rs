@@ -69,6 +69,7 @@ mod ffi {
             found_inf: *const C_tensor,
         ) -> *mut c_char;
         pub fn imgtrain_grads_set_to_none(params: *const *const C_tensor, n: usize) -> *mut c_char;
+        pub fn imgtrain_channels_last_(tensors: *const *const C_tensor, n: usize) -> *mut c_char;
 
         pub fn imgtrain_cuda_stream_from_pool(
             device_index: i8,
@@ -259,6 +260,17 @@ pub fn grads_set_to_none(params: &[Tensor]) -> Result<()> {
     // SAFETY: `ps` points at `params.len()` live tensors; only their autograd metadata changes.
     check("grads_set_to_none", unsafe {
         ffi::imgtrain_grads_set_to_none(ps.as_ptr(), ps.len())
+    })
+}
+
+/// Gives every 4-D tensor of `tensors` the channels_last memory layout in place (same values, same
+/// variables), as `model.to(memory_format=torch.channels_last)` does; other tensors stay as they are.
+pub fn channels_last_(tensors: &[Tensor]) -> Result<()> {
+    let ts: Vec<*const C_tensor> = tensors.iter().map(Tensor::as_ptr).collect();
+    // SAFETY: `ts` points at `tensors.len()` live tensors; each keeps its identity, only its storage
+    // layout changes (under no-grad), which tch's handles do not cache.
+    check("channels_last_", unsafe {
+        ffi::imgtrain_channels_last_(ts.as_ptr(), ts.len())
     })
 }
 
@@ -510,6 +522,26 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, TrainError::Bridge { .. }), "{msg}");
         msg
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_variables() {
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let w = vs.root().randn("w", &[2, 3, 4, 5], 0.0, 1.0);
+        let b = vs.root().randn("b", &[3], 0.0, 1.0);
+        let before = w.copy();
+        assert_eq!(w.stride(), [60, 20, 5, 1]);
+        let vars = vs.trainable_variables();
+        channels_last_(&vars).unwrap();
+        // The same variables (as the optimizer and the VarStore hold them), NHWC in memory.
+        assert_eq!(w.stride(), [60, 1, 15, 3]);
+        assert_eq!(vs.trainable_variables()[0].stride(), [60, 1, 15, 3]);
+        assert!(w.equal(&before));
+        assert!(w.requires_grad());
+        assert_eq!(b.stride(), [1]);
+        // Twice is a no-op.
+        channels_last_(&vars).unwrap();
+        assert!(w.equal(&before));
     }
 
     /// Without a CUDA device, every CUDA helper returns an error naming the operation (no abort).

@@ -13,9 +13,12 @@
 //! `as_mut` (needs `&mut`) while it fills a batch; then the [`imgloader::Batch`] owns it, and only the
 //! trainer sees it, through `&` (tensor views of the pixels, and [`TensorBuffer::labels`], which writes the
 //! label area — bytes that no `as_ref`/`as_mut` slice covers). The views and the device copies made from
-//! them must be finished before the batch goes back to the loader: [`Hold`] keeps the batch until the
-//! trainer says the device is past the copies (it has read results computed from them), and an early drop
-//! (an error path) waits for the device first.
+//! them must be finished before the batch goes back to the loader: [`Hold`] keeps the batch until an event
+//! recorded after the copies has completed, or the trainer has read a result computed from the batch,
+//! and an early drop (an error path) waits for the copies first.
+//!
+//! On CUDA the copies go on a separate stream from the pool, which the compute stream waits for on the
+//! device (the host does not wait), so the next batch's copy overlaps the current step's kernels.
 
 use std::sync::Arc;
 
@@ -23,8 +26,9 @@ use imgloader::{
     Allocator, BadSamples, Batch, DecodeOptions, IMAGENET_MEAN, IMAGENET_STD, Loader, Source,
     Transform,
 };
-use tch::{Cuda, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::bridge::{CudaEvent, CudaStream, record_stream};
 use crate::error::{Result, TorchContext, TrainError};
 
 /// Batch buffers that are libtorch tensors: pinned host memory for a CUDA run, ordinary CPU memory
@@ -204,24 +208,56 @@ impl Normalizer {
 }
 
 /// A loader batch whose memory may still be read by device copies: dropping it before they are done would
-/// let the loader refill the memory under them, so an early drop (an error path) waits for the device.
+/// let the loader refill the memory under them, so an early drop (an error path) waits for the copies.
 #[derive(Debug)]
 pub struct Hold {
     batch: Option<Batch<TensorBuffer>>,
-    cuda: Option<i64>,
+    /// CUDA: recorded on the copy stream after the batch's copies were queued.
+    copied: Option<CudaEvent>,
+    /// CUDA: the stream the copies were queued on (waited for when the event could not be recorded).
+    copy_stream: Option<CudaStream>,
 }
 
 impl Hold {
-    /// Releases the batch, knowing that every copy queued before was waited for.
+    fn new(batch: Batch<TensorBuffer>, copy_stream: Option<CudaStream>) -> Hold {
+        Hold {
+            batch: Some(batch),
+            copied: None,
+            copy_stream,
+        }
+    }
+
+    /// Gives the batch back to the loader if its copies are known to be done (always on the CPU).
+    pub fn try_release(&mut self) -> Result<()> {
+        let done = match (&self.copied, &self.copy_stream) {
+            (Some(e), _) => e.query()?,
+            (None, Some(_)) => false,
+            (None, None) => true,
+        };
+        if done {
+            self.batch = None;
+        }
+        Ok(())
+    }
+
+    /// Releases the batch, knowing that the device is past its copies (a result computed from them was
+    /// read).
     pub fn release_after_sync(mut self) {
-        self.cuda = None;
+        self.batch = None;
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if let (Some(_), Some(index)) = (&self.batch, self.cuda) {
-            Cuda::synchronize(index);
+        if self.batch.is_none() {
+            return;
+        }
+        // Errors cannot be returned from here; a failed wait on a broken device is followed by the
+        // process's error exit, before the loader refills anything.
+        match (&self.copied, &self.copy_stream) {
+            (Some(e), _) => drop(e.synchronize()),
+            (None, Some(s)) => drop(s.synchronize()),
+            (None, None) => {}
         }
     }
 }
@@ -232,22 +268,29 @@ pub struct DeviceBatch {
     pub images: Tensor,
     pub labels: Tensor,
     pub len: usize,
-    hold: Hold,
+    hold: Option<Hold>,
 }
 
 impl DeviceBatch {
-    /// Gives the batch's memory back to the loader, once the caller has waited for the device to be past
-    /// this batch's copies (e.g. by reading a result computed from it).
-    pub fn release_after_sync(self) {
+    /// Drops the tensors (which may share the buffer's memory: labels on the CPU) and keeps what holds the
+    /// batch's memory until its copies are done.
+    pub fn into_hold(self) -> Option<Hold> {
         let DeviceBatch {
             images,
             labels,
             hold,
             ..
         } = self;
-        // The tensors may share the buffer's memory (labels on the CPU): gone before the buffer is.
         drop((images, labels));
-        hold.release_after_sync();
+        hold
+    }
+
+    /// Gives the batch's memory back to the loader, once the caller has waited for the device to be past
+    /// this batch's copies (e.g. by reading a result computed from it).
+    pub fn release_after_sync(self) {
+        if let Some(hold) = self.into_hold() {
+            hold.release_after_sync();
+        }
     }
 }
 
@@ -271,6 +314,8 @@ pub struct Feed {
     origin: Origin,
     normalizer: Normalizer,
     device: Device,
+    /// CUDA: the stream host-to-device copies go on, so that they overlap the compute stream's work.
+    copy_stream: Option<CudaStream>,
 }
 
 /// How a feed reads its split.
@@ -310,11 +355,16 @@ impl Feed {
                 path: path.to_owned(),
                 source: Box::new(source),
             })?;
+        let copy_stream = match device {
+            Device::Cuda(i) => Some(CudaStream::from_pool(Some(i), false)?),
+            _ => None,
+        };
         Ok(Feed {
             split,
             origin: Origin::Loader(loader),
             normalizer,
             device,
+            copy_stream,
         })
     }
 
@@ -330,6 +380,7 @@ impl Feed {
         Feed {
             split,
             device: normalizer.device,
+            copy_stream: None,
             origin: Origin::Dummy {
                 samples,
                 batch,
@@ -434,37 +485,55 @@ impl FeedEpoch<'_> {
                     images: feed.normalizer.normalize(&pixels)?,
                     labels,
                     len: n as usize,
-                    hold: Hold {
-                        batch: None,
-                        cuda: None,
-                    },
+                    hold: None,
                 }))
             }
         }
     }
 
+    /// Queues the batch's copies to the device — on the CUDA copy stream, which the compute stream then
+    /// waits for without the host waiting — and its normalisation on the compute stream.
     fn upload(&self, batch: Batch<TensorBuffer>) -> Result<DeviceBatch> {
         let feed = self.feed;
         let (h, w) = batch.size;
         let len = batch.len;
-        // From here on an early return waits for the device before the batch goes back.
-        let hold = Hold {
-            cuda: match feed.device {
-                Device::Cuda(i) => Some(i as i64),
-                _ => None,
-            },
-            batch: Some(batch),
-        };
+        // From here on an early return waits for the copies before the batch goes back.
+        let mut hold = Hold::new(batch, feed.copy_stream);
         let batch = hold.batch.as_ref().expect("just set");
         let buffer = batch.buffer();
         let nhwc = buffer.view_nhwc(len, h, w)?;
-        let images = feed.normalizer.normalize(&feed.normalizer.upload(&nhwc)?)?;
-        let labels = feed.normalizer.upload(&buffer.labels(&batch.labels)?)?;
+        let labels = buffer.labels(&batch.labels)?;
+        let Some(copy) = feed.copy_stream else {
+            let images = feed.normalizer.normalize(&feed.normalizer.upload(&nhwc)?)?;
+            let labels = feed.normalizer.upload(&labels)?;
+            return Ok(DeviceBatch {
+                images,
+                labels,
+                len,
+                hold: Some(hold),
+            });
+        };
+        let compute = CudaStream::current(Some(copy.device_index()))?;
+        let (pixels, labels) = {
+            let _on_copy = copy.make_current()?;
+            (
+                feed.normalizer.upload(&nhwc)?,
+                feed.normalizer.upload(&labels)?,
+            )
+        };
+        let mut copied = CudaEvent::new()?;
+        copied.record(&copy)?;
+        hold.copied = Some(copied);
+        compute.wait_stream(&copy)?;
+        // Allocated while the copy stream was current: tell the caching allocator that the compute stream
+        // uses them too, so their memory is not reused before its work is done.
+        record_stream(&pixels, &compute)?;
+        record_stream(&labels, &compute)?;
         Ok(DeviceBatch {
-            images,
+            images: feed.normalizer.normalize(&pixels)?,
             labels,
             len,
-            hold,
+            hold: Some(hold),
         })
     }
 }

@@ -1,12 +1,15 @@
 //! The state of one training process and its two loops, `main.py`'s `train` and `validate`: a
 //! [`Trainer`] that a run (or, later, each rank of a distributed run) drives epoch by epoch.
 //!
-//! Per step on a GPU: the loader's batch (u8 NHWC in pinned memory) is copied to the device without
-//! waiting, normalised and permuted to NCHW there (channels_last unless turned off), the forward pass runs
-//! under autocast, the backward pass follows (fp16: on a scaled loss), then the step's loss and hit counts
-//! are read back — the one wait per step, which also guarantees the batch's copy is done so its buffer can
-//! go back to the loader — and the SGD step is queued. The next batch is usually ready by then, so the
-//! device waits only for the launch of the next kernels.
+//! Per step on a GPU: the loader's batch (u8 NHWC and int64 labels in pinned memory) is copied to the
+//! device on a copy stream, normalised and permuted to NCHW on the compute stream (channels_last unless
+//! turned off), the forward pass runs under autocast, the backward pass and the SGD step (one fused kernel)
+//! follow. The step's loss and hit counts are copied into pinned host memory behind an event, and read
+//! one step late: the host waits only for the previous step's numbers while the device already has this
+//! step queued, so it never idles between steps. fp16 is the exception: its loss scaler must know
+//! whether the gradients overflowed before the step, so it reads them at once (one wait per step).
+//! On the CPU everything is synchronous and the order of operations is the same, so runs stay
+//! bit-reproducible.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -16,14 +19,109 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::amp::{self, Amp, LossScaler};
+use crate::bridge::{self, CudaEvent, CudaStream, SyncCounter};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Plan, Recipe};
 use crate::error::{Result, TorchContext, TrainError};
-use crate::feed::{DeviceBatch, Feed};
+use crate::feed::{DeviceBatch, Feed, Hold};
 use crate::meter::{AverageMeter, Fmt, progress_line};
 use crate::models::Model;
 use crate::optim::Sgd;
 use crate::schedule::Schedule;
+
+/// A step's numbers on their way to the host: loss, top-1 and top-5 hits (and, for fp16, the gradient
+/// sum), copied into host memory behind an event on CUDA, and the batch whose memory the copies read.
+struct Readback {
+    host: Tensor,
+    copied: Option<CudaEvent>,
+    hold: Option<Hold>,
+    samples: usize,
+    epoch: u64,
+    step: usize,
+}
+
+impl Readback {
+    /// Waits for the numbers (on CUDA: for the event only, not for work queued after it) and releases the
+    /// batch, whose copies the device is then past.
+    fn wait(&mut self) -> Result<()> {
+        if let Some(e) = self.copied.take() {
+            e.synchronize()?;
+        }
+        if let Some(hold) = self.hold.take() {
+            hold.release_after_sync();
+        }
+        Ok(())
+    }
+
+    /// The numbers, once there.
+    fn read(mut self) -> Result<(Vec<f64>, usize, usize)> {
+        self.wait()?;
+        let values =
+            Vec::<f64>::try_from(&self.host).during(|| "reading a step's results".into())?;
+        Ok((values, self.samples, self.step))
+    }
+}
+
+/// The meters of a loop, printed as `main.py`'s `ProgressMeter` does.
+struct Meters {
+    time: AverageMeter,
+    data: Option<AverageMeter>,
+    loss: AverageMeter,
+    top1: AverageMeter,
+    top5: AverageMeter,
+    /// When the last step was accounted for.
+    end: Instant,
+}
+
+impl Meters {
+    fn new(with_data: bool) -> Meters {
+        Meters {
+            time: AverageMeter::new("Time", Fmt::F6_3),
+            data: with_data.then(|| AverageMeter::new("Data", Fmt::F6_3)),
+            loss: AverageMeter::new("Loss", Fmt::E4),
+            top1: AverageMeter::new("Acc@1", Fmt::F6_2),
+            top5: AverageMeter::new("Acc@5", Fmt::F6_2),
+            end: Instant::now(),
+        }
+    }
+
+    /// Accounts for one step of `n` samples.
+    fn record(&mut self, n: usize, stats: &StepStats) {
+        let n = n as f64;
+        self.loss.update(stats.loss, n);
+        self.top1.update(100.0 * stats.correct1 / n, n);
+        self.top5.update(100.0 * stats.correct5 / n, n);
+        self.time.update(self.end.elapsed().as_secs_f64(), 1.0);
+        self.end = Instant::now();
+    }
+
+    fn line(&self, prefix: &str, k: usize, total: usize) -> String {
+        let mut all = vec![&self.time];
+        all.extend(&self.data);
+        all.extend([&self.loss, &self.top1, &self.top5]);
+        progress_line(prefix, k, total, &all)
+    }
+}
+
+/// `e` naming the last good checkpoint, when it is a non-finite loss.
+fn with_last_good(e: TrainError, last_good: Option<&Path>) -> TrainError {
+    match e {
+        TrainError::NonFiniteLoss {
+            loss,
+            epoch,
+            step,
+            global_step,
+            ..
+        } => TrainError::NonFiniteLoss {
+            loss,
+            epoch,
+            step,
+            global_step,
+            last_good: last_good.map(Path::to_owned),
+        },
+        other => other,
+    }
+}
 
 /// Per-step numbers read back from the device.
 struct StepStats {
@@ -57,6 +155,8 @@ pub struct ValStats {
 #[derive(Debug)]
 pub struct Trainer {
     device: Device,
+    /// CUDA: the compute stream's device (results are read back one step late there).
+    cuda: Option<CudaStream>,
     amp: Amp,
     print_freq: usize,
     recipe: Recipe,
@@ -93,6 +193,25 @@ fn catch_torch<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> Result<T>) 
     }
 }
 
+/// A step's numbers, or the error a non-finite loss is.
+fn check_loss(host: &[f64], epoch: u64, step: usize, global_step: u64) -> Result<StepStats> {
+    let stats = StepStats {
+        loss: host[0],
+        correct1: host[1],
+        correct5: host[2],
+    };
+    if !stats.loss.is_finite() {
+        return Err(TrainError::NonFiniteLoss {
+            loss: stats.loss,
+            epoch,
+            step,
+            global_step,
+            last_good: None,
+        });
+    }
+    Ok(stats)
+}
+
 impl Trainer {
     /// A trainer for `model` (whose variables are in `vs`), following `plan`; restores the optimizer's
     /// state and the run's progress from `checkpoint` when resuming.
@@ -102,6 +221,17 @@ impl Trainer {
         model: Model,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Trainer> {
+        let cuda = match plan.device.device {
+            Device::Cuda(i) => Some(CudaStream::current(Some(i))?),
+            _ => None,
+        };
+        if cuda.is_some() && plan.channels_last {
+            // Weights in the layout of the input, as `model.to(memory_format=torch.channels_last)`: else
+            // every convolution converts them again. Before the optimizer and the restore, so that
+            // momentum buffers take the same layout (the fused kernel wants equal strides).
+            let vars: Vec<Tensor> = vs.trainable_variables();
+            bridge::channels_last_(&vars)?;
+        }
         let recipe = plan.recipe;
         let mut sgd = Sgd::new(&vs, recipe.momentum, recipe.weight_decay);
         let mut scaler = (plan.amp == Amp::Fp16).then(LossScaler::default);
@@ -117,6 +247,7 @@ impl Trainer {
         }
         Ok(Trainer {
             device: plan.device.device,
+            cuda,
             amp: plan.amp,
             print_freq: plan.print_freq,
             recipe,
@@ -146,20 +277,21 @@ impl Trainer {
         self.scaler
     }
 
-    /// Loss, and how many samples have the label first and among the top 5, as host numbers. The read
-    /// waits for all device work queued so far.
-    fn read_stats(
+    /// Queues the copy of the loss, and of how many samples have the label first and among the top 5 (and
+    /// `extra`), to the host; [`Readback::read`] waits for them.
+    fn queue_stats(
         &self,
         logits: &Tensor,
-        labels: &Tensor,
+        batch: DeviceBatch,
         loss: &Tensor,
         extra: Option<Tensor>,
-    ) -> Result<Vec<f64>> {
+        (epoch, step): (u64, usize),
+    ) -> Result<Readback> {
         let what = || "computing accuracy".to_owned();
         let k = logits.size()[1].min(5);
         let (_, pred) = logits.f_topk(k, 1, true, true).during(what)?;
         let correct = pred
-            .f_eq_tensor(&labels.f_unsqueeze(1).during(what)?)
+            .f_eq_tensor(&batch.labels.f_unsqueeze(1).during(what)?)
             .during(what)?;
         let c1 = correct
             .f_narrow(1, 0, 1)
@@ -170,10 +302,27 @@ impl Trainer {
         if let Some(e) = extra {
             parts.push(e.f_to_kind(Kind::Double).during(what)?);
         }
+        // From CUDA, a non-blocking copy to the CPU lands in pinned memory and does not wait.
         let host = Tensor::f_stack(&parts, 0)
-            .and_then(|t| t.f_to_device(Device::Cpu))
+            .and_then(|t| t.f_to_device_(Device::Cpu, Kind::Double, self.cuda.is_some(), false))
             .during(what)?;
-        Vec::<f64>::try_from(&host).during(what)
+        let copied = match &self.cuda {
+            Some(stream) => {
+                let mut e = CudaEvent::new()?;
+                e.record(&CudaStream::current(Some(stream.device_index()))?)?;
+                Some(e)
+            }
+            None => None,
+        };
+        let samples = batch.len;
+        Ok(Readback {
+            host,
+            copied,
+            hold: batch.into_hold(),
+            samples,
+            epoch,
+            step,
+        })
     }
 
     /// The model's logits on `batch` (under autocast when AMP is on) and the mean cross-entropy loss in
@@ -201,8 +350,10 @@ impl Trainer {
         Ok((logits, loss))
     }
 
-    /// One training step (none when fp16 loss scaling skips it); returns its loss and hit counts.
-    fn step(&mut self, batch: DeviceBatch, lr: f64, epoch: u64, k: usize) -> Result<StepStats> {
+    /// Queues one training step (none when fp16 loss scaling skips it) and the copy of its loss and hit
+    /// counts to the host. fp16 waits for them before the SGD step: its scaler must know about overflows
+    /// first.
+    fn step(&mut self, batch: DeviceBatch, lr: f64, epoch: u64, k: usize) -> Result<Readback> {
         self.sgd.zero_grad();
         let (logits, loss) = catch_torch(
             || format!("in the forward/backward pass of epoch {epoch}, step {k}"),
@@ -220,30 +371,19 @@ impl Trainer {
                 Ok((logits.detach(), loss.detach()))
             },
         )?;
-        let grad_sum = match &self.scaler {
-            Some(s) => Some(amp::unscale(self.sgd.grads(), s.scale, self.device)?),
-            None => None,
+        let Some(scale) = self.scaler.map(|s| s.scale) else {
+            self.sgd.step(lr)?;
+            self.lr = lr;
+            self.global_step += 1;
+            return self.queue_stats(&logits, batch, &loss, None, (epoch, k));
         };
-        let host = self.read_stats(&logits, &batch.labels, &loss, grad_sum)?;
-        // The read waited for everything queued, the batch's copy to the device included.
-        batch.release_after_sync();
-        let stats = StepStats {
-            loss: host[0],
-            correct1: host[1],
-            correct5: host[2],
-        };
-        if !stats.loss.is_finite() {
-            return Err(TrainError::NonFiniteLoss {
-                loss: stats.loss,
-                epoch,
-                step: k,
-                global_step: self.global_step,
-                last_good: None,
-            });
-        }
-        if let Some(scaler) = &mut self.scaler
-            && !scaler.update(host[3].is_finite())
-        {
+        let grad_sum = amp::unscale(self.sgd.grads(), scale, self.device)?;
+        let mut rb = self.queue_stats(&logits, batch, &loss, Some(grad_sum), (epoch, k))?;
+        rb.wait()?;
+        let host = Vec::<f64>::try_from(&rb.host).during(|| "reading a step's results".into())?;
+        check_loss(&host, epoch, k, self.global_step)?;
+        let scaler = self.scaler.as_mut().expect("fp16 has a scaler");
+        if !scaler.update(host[3].is_finite()) {
             if scaler.exhausted() {
                 return Err(TrainError::TooManySkippedSteps {
                     skips: scaler.consecutive_skips,
@@ -252,12 +392,31 @@ impl Trainer {
                     step: k,
                 });
             }
-            return Ok(stats);
+            return Ok(rb);
         }
         self.sgd.step(lr)?;
         self.lr = lr;
         self.global_step += 1;
-        Ok(stats)
+        Ok(rb)
+    }
+
+    /// Reads a step's numbers into the meters, printing the progress line when due.
+    fn finish_step(
+        &self,
+        rb: Readback,
+        m: &mut Meters,
+        prefix: &str,
+        steps: usize,
+        global_step: u64,
+    ) -> Result<u64> {
+        let epoch = rb.epoch;
+        let (host, n, k) = rb.read()?;
+        let stats = check_loss(&host, epoch, k, global_step)?;
+        m.record(n, &stats);
+        if k % self.print_freq == 0 {
+            println!("{}", m.line(prefix, k + 1, steps));
+        }
+        Ok(n as u64)
     }
 
     /// One epoch of training. `last_good` is named in the error if the loss stops being finite.
@@ -267,19 +426,25 @@ impl Trainer {
         epoch: u64,
         last_good: Option<&Path>,
     ) -> Result<EpochStats> {
+        self.train_epoch_inner(feed, epoch)
+            .map_err(|e| with_last_good(e, last_good))
+    }
+
+    fn train_epoch_inner(&mut self, feed: &Feed, epoch: u64) -> Result<EpochStats> {
         let steps = feed.batches_per_epoch();
-        let mut batch_time = AverageMeter::new("Time", Fmt::F6_3);
-        let mut data_time = AverageMeter::new("Data", Fmt::F6_3);
-        let mut losses = AverageMeter::new("Loss", Fmt::E4);
-        let mut top1 = AverageMeter::new("Acc@1", Fmt::F6_2);
-        let mut top5 = AverageMeter::new("Acc@5", Fmt::F6_2);
+        let mut m = Meters::new(true);
         let mut batches = feed.epoch(epoch);
         let start = Instant::now();
         let mut waited = Duration::ZERO;
         let mut images = 0u64;
-        let mut end = Instant::now();
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
+        // libtorch's own count of synchronising calls on this thread (CUDA builds with the headers only).
+        let syncs = self.cuda.as_ref().and_then(|_| SyncCounter::start().ok());
+        let syncs_before = syncs.as_ref().and_then(|c| c.count().ok());
+        let mut steps_done = 0u64;
+        // The step whose numbers are on their way to the host (CUDA: read one step late).
+        let mut pending: Option<(Readback, u64)> = None;
         for k in 0..steps {
             let Some(batch) = batches.next_batch()? else {
                 break;
@@ -293,46 +458,33 @@ impl Trainer {
                 println!("=> bad sample replaced: {bad}");
             }
             reported = batches.bad.len();
-            let wait = end.elapsed();
+            let wait = m.end.elapsed();
             waited += wait;
-            data_time.update(wait.as_secs_f64(), 1.0);
-            let n = batch.len as f64;
-            let lr = self.schedule.lr(epoch, k, steps);
-            let stats = match self.step(batch, lr, epoch, k) {
-                Err(TrainError::NonFiniteLoss {
-                    loss,
-                    epoch,
-                    step,
-                    global_step,
-                    ..
-                }) => {
-                    return Err(TrainError::NonFiniteLoss {
-                        loss,
-                        epoch,
-                        step,
-                        global_step,
-                        last_good: last_good.map(Path::to_owned),
-                    });
-                }
-                other => other?,
-            };
-            images += n as u64;
-            losses.update(stats.loss, n);
-            top1.update(100.0 * stats.correct1 / n, n);
-            top5.update(100.0 * stats.correct5 / n, n);
-            batch_time.update(end.elapsed().as_secs_f64(), 1.0);
-            end = Instant::now();
-            if k % self.print_freq == 0 {
-                println!(
-                    "{}",
-                    progress_line(
-                        &prefix,
-                        k + 1,
-                        steps,
-                        &[&batch_time, &data_time, &losses, &top1, &top5]
-                    )
-                );
+            if let Some(d) = &mut m.data {
+                d.update(wait.as_secs_f64(), 1.0);
             }
+            if let Some(hold) = pending.as_mut().and_then(|(p, _)| p.hold.as_mut()) {
+                // The previous batch's memory goes back to the loader as soon as its copies are done.
+                hold.try_release()?;
+            }
+            let lr = self.schedule.lr(epoch, k, steps);
+            let step_before = self.global_step;
+            let rb = self.step(batch, lr, epoch, k)?;
+            // This step is queued: read the previous one's numbers (on the CPU, this one's at once).
+            let previous = pending.replace((rb, step_before));
+            let ready = if self.cuda.is_some() {
+                previous
+            } else {
+                pending.take()
+            };
+            if let Some((p, g)) = ready {
+                images += self.finish_step(p, &mut m, &prefix, steps, g)?;
+                steps_done += 1;
+            }
+        }
+        if let Some((p, g)) = pending.take() {
+            images += self.finish_step(p, &mut m, &prefix, steps, g)?;
+            steps_done += 1;
         }
         let seconds = start.elapsed().as_secs_f64();
         let mut line = format!(
@@ -342,6 +494,14 @@ impl Trainer {
             100.0 * waited.as_secs_f64() / seconds.max(1e-9),
             self.lr
         );
+        if let (Some(c), Some(before)) = (&syncs, syncs_before)
+            && let Ok(after) = c.count()
+        {
+            line += &format!(
+                ", {:.2} host-device syncs per step",
+                after.saturating_sub(before) as f64 / steps_done.max(1) as f64
+            );
+        }
         if !batches.bad.is_empty() {
             line += &format!(", {} bad sample(s) replaced by others", batches.bad.len());
         }
@@ -363,43 +523,47 @@ impl Trainer {
     /// another), named, and the accuracy is over the images evaluated. Prints `main.py`'s lines.
     pub fn validate(&self, feed: &Feed, epoch: u64) -> Result<ValStats> {
         let steps = feed.batches_per_epoch();
-        let mut batch_time = AverageMeter::new("Time", Fmt::F6_3);
-        let mut losses = AverageMeter::new("Loss", Fmt::E4);
-        let mut top1 = AverageMeter::new("Acc@1", Fmt::F6_2);
-        let mut top5 = AverageMeter::new("Acc@5", Fmt::F6_2);
+        let mut m = Meters::new(false);
         let mut batches = feed.epoch(epoch);
-        let mut end = Instant::now();
         let mut images = 0u64;
         let _no_grad = tch::no_grad_guard();
+        let mut pending: Option<Readback> = None;
+        let finish = |rb: Readback, m: &mut Meters| -> Result<u64> {
+            let (host, n, k) = rb.read()?;
+            let stats = StepStats {
+                loss: host[0],
+                correct1: host[1],
+                correct5: host[2],
+            };
+            m.record(n, &stats);
+            if k % self.print_freq == 0 {
+                println!("{}", m.line("Test: ", k + 1, steps));
+            }
+            Ok(n as u64)
+        };
         for k in 0..steps {
             let Some(batch) = batches.next_batch()? else {
                 break;
             };
-            let n = batch.len as f64;
             let (logits, loss) = catch_torch(
                 || format!("evaluating batch {k}"),
                 || self.forward_loss(&batch, false),
             )?;
-            let host = self.read_stats(&logits, &batch.labels, &loss, None)?;
-            batch.release_after_sync();
-            images += n as u64;
-            losses.update(host[0], n);
-            top1.update(100.0 * host[1] / n, n);
-            top5.update(100.0 * host[2] / n, n);
-            batch_time.update(end.elapsed().as_secs_f64(), 1.0);
-            end = Instant::now();
-            if k % self.print_freq == 0 {
-                println!(
-                    "{}",
-                    progress_line(
-                        "Test: ",
-                        k + 1,
-                        steps,
-                        &[&batch_time, &losses, &top1, &top5]
-                    )
-                );
+            let rb = self.queue_stats(&logits, batch, &loss, None, (epoch, k))?;
+            let previous = pending.replace(rb);
+            let ready = if self.cuda.is_some() {
+                previous
+            } else {
+                pending.take()
+            };
+            if let Some(p) = ready {
+                images += finish(p, &mut m)?;
             }
         }
+        if let Some(p) = pending.take() {
+            images += finish(p, &mut m)?;
+        }
+        let (top1, top5) = (&m.top1, &m.top5);
         let expected = feed.samples_per_epoch() as u64;
         let left_out = batches.bad;
         for bad in &left_out {
