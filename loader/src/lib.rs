@@ -32,6 +32,7 @@ pub mod decode;
 mod decode_pool;
 pub mod error;
 mod pipeline;
+mod rng;
 pub mod sampler;
 pub mod shard;
 pub mod source;

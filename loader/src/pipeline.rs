@@ -817,7 +817,7 @@ fn fill_slot(
     let mut rng = sample_rng(c.seed ^ SUBSTITUTE_SALT, epoch, index as u64);
     let len = shared.source.len();
     for _ in 1..max_consecutive {
-        let substitute = crate::augment::below(&mut rng, len as u64) as usize;
+        let substitute = crate::rng::below(&mut rng, len as u64) as usize;
         // The substitute is augmented with the slot's own random stream, so its crop does not depend on
         // which sample failed before it.
         match process(shared, worker, epoch, index, substitute, out) {

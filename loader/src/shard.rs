@@ -58,14 +58,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use fast_image_resize as fir;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-use crate::augment::{below, chacha_key};
 use crate::decode::{self, Decoder, ImageFormat};
 use crate::error::{Error, Result};
+use crate::rng::shuffle;
 use crate::source::Source;
 
 /// Name of the progress file in the output folder (hidden: readers skip it).
@@ -401,15 +399,10 @@ fn dir_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// The shuffled order of `0..len` for `seed` (Fisher–Yates on ChaCha8, on a stream of its own).
+/// The shuffled order of `0..len` for `seed` (stream 2 of [`shuffle`]: apart from the sampler's).
 fn permutation(len: usize, seed: u64) -> Vec<u32> {
-    let mut rng = ChaCha8Rng::from_seed(chacha_key(seed, 0));
-    rng.set_stream(2);
     let mut perm: Vec<u32> = (0..len as u32).collect();
-    for i in (1..len).rev() {
-        let j = below(&mut rng, i as u64 + 1) as usize;
-        perm.swap(i, j);
-    }
+    shuffle(&mut perm, seed, 2);
     perm
 }
 
