@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgloader::decode::JpegBackend;
-use imgloader::{
-    Batch, DecodeOptions, Loader, OpenOptions, Source, TrainAugment, Transform, ValAugment,
-};
+use imgloader::{Batch, DecodeOptions, Loader, Source, TrainAugment, Transform, ValAugment};
 use tch::nn::VarStore;
 use tch::{Cuda, Device, Kind, Reduction, Tensor};
 
@@ -80,6 +78,10 @@ pub struct TrainConfig {
     pub limit_val: Option<usize>,
     /// The loader's JPEG decoder (default: libjpeg-turbo when built in, else zune-jpeg).
     pub jpeg: JpegBackend,
+    /// Labels of a flat val split (`--val-labels`); `None`: looked for beside it.
+    pub val_labels: Option<PathBuf>,
+    /// Synset list for the val labels (`--synsets`).
+    pub synsets: Option<PathBuf>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -114,6 +116,8 @@ impl Default for TrainConfig {
             limit_train: None,
             limit_val: None,
             jpeg: JpegBackend::default(),
+            val_labels: None,
+            synsets: None,
             args: Vec::new(),
         }
     }
@@ -322,20 +326,6 @@ fn manual_seed(seed: u64) {
     tch::manual_seed(seed as i64);
 }
 
-/// Opens a split, keeping `limit` samples of it when asked.
-fn open_split(split: &'static str, path: &Path, limit: Option<usize>) -> Result<Arc<dyn Source>> {
-    let source =
-        imgloader::open(path, &OpenOptions::default()).map_err(|source| TrainError::Loader {
-            split,
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-    Ok(match limit {
-        Some(n) => Subset::spread(source, n),
-        None => source,
-    })
-}
-
 fn build_loader(
     cfg: &TrainConfig,
     split: &'static str,
@@ -422,36 +412,21 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         (None, None, classes)
     } else {
         let data = cfg.data.as_deref().expect("validated");
-        let paths = data::locate(data, !cfg.evaluate)?;
-        let train = match &paths.train {
-            Some(p) => Some((p.clone(), open_split("train", p, cfg.limit_train)?)),
-            None => None,
+        let labels = data::LabelFiles {
+            val_labels: cfg.val_labels.clone(),
+            synsets: cfg.synsets.clone(),
         };
-        let val = open_split("val", &paths.val, cfg.limit_val)?;
-        let classes = val.classes().to_vec();
-        if let Some((_, t)) = &train
-            && t.classes() != classes.as_slice()
-        {
-            let detail = t
-                .classes()
-                .iter()
-                .zip(&classes)
-                .position(|(a, b)| a != b)
-                .map(|i| {
-                    format!(
-                        "class {i} is {:?} in train, {:?} in val",
-                        t.classes()[i],
-                        classes[i]
-                    )
-                })
-                .unwrap_or_else(|| "one list is a prefix of the other".into());
-            return Err(TrainError::ClassMismatch {
-                train: t.classes().len(),
-                val: classes.len(),
-                detail,
-            });
+        let found = data::open_dataset(data, &labels, !cfg.evaluate)?;
+        for line in found.log_lines() {
+            println!("=> {line}");
         }
-        (train, Some((paths.val, val)), classes)
+        let limit = |s: data::OpenedSplit, n: Option<usize>| match n {
+            Some(n) => (s.path, Subset::spread(s.source, n)),
+            None => (s.path, s.source),
+        };
+        let classes = found.val.source.classes().to_vec();
+        let train = found.train.map(|t| limit(t, cfg.limit_train));
+        (train, Some(limit(found.val, cfg.limit_val)), classes)
     };
     if !cfg.evaluate {
         check_output_dir(&cfg.output_dir)?;
