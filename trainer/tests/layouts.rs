@@ -96,7 +96,7 @@ fn issue_16_imagenet_as_downloaded_trains_and_validates_like_the_folders() {
             .args(SMALL)
             .arg("-e")
             .arg("--resume")
-            .arg(&runs().straight.join("checkpoint.safetensors"))
+            .arg(runs().straight.join("checkpoint.safetensors"))
             .output()
             .unwrap();
         let o = stdout(&out);
@@ -114,7 +114,7 @@ fn issue_16_imagenet_as_downloaded_trains_and_validates_like_the_folders() {
                 .args(SMALL)
                 .arg("-e")
                 .arg("--resume")
-                .arg(&runs().straight.join("checkpoint.safetensors"))
+                .arg(runs().straight.join("checkpoint.safetensors"))
                 .output()
                 .unwrap();
             let o = stdout(&out);
