@@ -219,7 +219,15 @@ fn thousands(n: usize) -> String {
 }
 
 fn describe(data: &Path, path: &Path, r: &OpenReport) -> String {
-    let rel = |p: &Path| p.strip_prefix(data).unwrap_or(p).display().to_string();
+    // Recorded labels paths are absolute, `data` may be relative.
+    let abs_data = std::path::absolute(data).unwrap_or_else(|_| data.to_owned());
+    let rel = |p: &Path| {
+        p.strip_prefix(data)
+            .or_else(|_| p.strip_prefix(&abs_data))
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    };
     let mut what = rel(path);
     if let Some(labels) = &r.labels_file {
         what += &format!(" + {}", rel(labels));
