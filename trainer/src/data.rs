@@ -597,6 +597,50 @@ mod tests {
         }
     }
 
+    /// A split of `Ordered` samples with the given class list.
+    fn split(classes: &[&str], found: &str) -> OpenedSplit {
+        OpenedSplit {
+            path: PathBuf::from(found),
+            source: Arc::new(Ordered(classes.iter().map(|c| c.to_string()).collect())),
+            found: found.into(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn class_mismatch_names_the_synsets_that_differ() {
+        let same = split(&["n01", "n02"], "train.tar");
+        assert!(check_classes(&same, &split(&["n01", "n02"], "val.tar")).is_ok());
+        let e = check_classes(
+            &split(&["n01", "n02", "n03"], "train.tar"),
+            &split(&["n01", "n09"], "val.tar + LOC_val_solution.csv"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("2 synset(s) only in train (train.tar): n02, n03")
+                && e.contains("1 synset(s) only in val (val.tar + LOC_val_solution.csv): n09"),
+            "{e}"
+        );
+        let many: Vec<String> = (0..8).map(|i| format!("n{i:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let e = check_classes(&split(&many, "t"), &split(&["n00"], "v"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("7 synset(s) only in train (t): n01, n02, n03, n04, n05 and 2 more"),
+            "{e}"
+        );
+        // Shards name classes in their manifest's order: the same synsets numbered otherwise.
+        let e = check_classes(&split(&["n01", "n02"], "t"), &split(&["n02", "n01"], "v"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("another order: class 0 is n01 in train, n02 in val"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn thousands_separators() {
         assert_eq!(thousands(0), "0");
