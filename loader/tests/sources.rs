@@ -1123,10 +1123,10 @@ fn idx(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.idx", path.display()))
 }
 
-/// Where an index's records start (format v2: after the 176-byte header).
+/// Where an index's records start (format v3: after the 176-byte header).
 const RECORDS_AT: usize = 176;
 
-/// Rewrites the checksum of an index file after a hand edit (format v2: crc32 of bytes 0..172 and 176..,
+/// Rewrites the checksum of an index file after a hand edit (format v3: crc32 of bytes 0..172 and 176..,
 /// stored little-endian at 172).
 fn fix_checksum(bytes: &mut [u8]) {
     let mut h = crc32fast::Hasher::new();
