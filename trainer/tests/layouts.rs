@@ -93,6 +93,23 @@ fn issue_16_imagenet_as_downloaded_trains_and_validates_like_the_folders() {
         // Validation (in the checkpoint) gave the folder's Acc@1; so does evaluating another model, from
         // labels the index kept once the CSV is gone.
         if layout == Download::Official {
+            // The issue's first try: train.tar/val.tar links to the official tars, the CSV beside them.
+            let links = data.parent().unwrap().join("links");
+            std::fs::create_dir(&links).unwrap();
+            for (link, target) in [
+                ("train.tar", "ILSVRC2012_img_train.tar"),
+                ("val.tar", "ILSVRC2012_img_val.tar"),
+                ("LOC_val_solution.csv", "LOC_val_solution.csv"),
+            ] {
+                std::os::unix::fs::symlink(data.join(target), links.join(link)).unwrap();
+            }
+            let found = open_dataset(&links, &LabelFiles::default(), true).unwrap();
+            assert_eq!(labelled(&*found.val.source), want_val);
+            let lines = found.log_lines();
+            assert!(
+                lines[1].starts_with("val: val.tar + LOC_val_solution.csv (flat tar"),
+                "{lines:?}"
+            );
             std::fs::remove_file(data.join("LOC_val_solution.csv")).unwrap();
             let out = imgtrain()
                 .arg(&data)
