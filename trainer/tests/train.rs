@@ -11,19 +11,22 @@ use std::sync::OnceLock;
 use imgtrain::checkpoint::{Checkpoint, MOMENTUM_PREFIX};
 
 /// The shared dataset, written once per test binary.
-fn dataset() -> &'static Path {
+pub(crate) fn dataset_config() -> imgfixtures::SynthConfig {
+    imgfixtures::SynthConfig {
+        classes: 4,
+        train_per_class: 6,
+        val_per_class: 3,
+        min_side: 48,
+        max_side: 64,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn dataset() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = imgfixtures::SynthConfig {
-            classes: 4,
-            train_per_class: 6,
-            val_per_class: 3,
-            min_side: 48,
-            max_side: 64,
-            ..Default::default()
-        };
-        imgfixtures::write_dataset(&cfg, dir.path()).unwrap();
+        imgfixtures::write_dataset(&dataset_config(), dir.path()).unwrap();
         dir
     })
     .path()
@@ -31,14 +34,14 @@ fn dataset() -> &'static Path {
 
 /// Two finished training runs shared by several tests: one straight through 2 epochs, and one of 1 epoch
 /// that another test resumes.
-struct Runs {
+pub(crate) struct Runs {
     _dir: tempfile::TempDir,
-    straight: PathBuf,
-    first_epoch: PathBuf,
+    pub(crate) straight: PathBuf,
+    pub(crate) first_epoch: PathBuf,
     straight_stdout: String,
 }
 
-fn runs() -> &'static Runs {
+pub(crate) fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -57,7 +60,7 @@ fn runs() -> &'static Runs {
     })
 }
 
-fn imgtrain() -> Command {
+pub(crate) fn imgtrain() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgtrain"));
     // The CPU, with a fixed thread count: libtorch's CPU kernels are deterministic for a given thread
     // count, CUDA's are not.
@@ -67,7 +70,7 @@ fn imgtrain() -> Command {
 }
 
 /// The flags every small run shares.
-const SMALL: &[&str] = &[
+pub(crate) const SMALL: &[&str] = &[
     "--arch",
     "resnet18",
     "-b",
@@ -102,16 +105,16 @@ fn train(out_dir: &Path, extra: &[&str]) -> Output {
     out
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs imgtrain expecting failure before training; returns stderr.
-fn fails_before_training(args: &[&std::ffi::OsStr]) -> String {
+pub(crate) fn fails_before_training(args: &[&std::ffi::OsStr]) -> String {
     let out = imgtrain().args(args).output().unwrap();
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(!out.status.success(), "expected failure:\n{o}\n{e}");
@@ -124,7 +127,7 @@ fn os(s: &str) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
-fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
+pub(crate) fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
     let names_a: Vec<&str> = a.names().collect();
     let names_b: Vec<&str> = b.names().collect();
     assert_eq!(names_a, names_b);
@@ -524,7 +527,8 @@ fn missing_data_dir() {
     let e = fails_before_training(&[dir.path().as_os_str()]);
     assert!(
         e.contains(
-            "no train split: looked for train.tar and train/ (class folders or webdataset shards)"
+            "no train split: looked for train.tar, ILSVRC2012_img_train.tar, train/, \
+             ILSVRC/Data/CLS-LOC/train/ (class folders or webdataset shards)"
         ),
         "{e}"
     );
