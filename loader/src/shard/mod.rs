@@ -49,23 +49,34 @@
 //! so a re-run with the same settings keeps every listed shard whose size and CRC-32 still match, and writes
 //! the rest: the result is byte-identical to an uninterrupted run. A re-run with other settings, or into a
 //! folder holding anything else, is refused. Nothing is written outside the output folder.
+//!
+//! # Where the code is
+//!
+//! This file: the builder, the run (shuffle, resume, the sequential writer state) and the progress file
+//! and manifest (serde types). `tar_out.rs`: the tar output (fixed headers, temporary file, CRC, rename).
+//! `encode.rs`: reading each sample, checking it, re-encoding it.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use fast_image_resize as fir;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::decode::{self, Decoder, ImageFormat};
 use crate::error::{Error, Result};
 use crate::rng::shuffle;
 use crate::source::Source;
 use crate::workers::Workers;
+
+mod encode;
+mod tar_out;
+
+pub use encode::fit;
+use encode::{Encoded, Scratch};
+pub use tar_out::shard_file_name;
+use tar_out::{BLOCK, TarOut, file_crc, tar_len};
 
 /// Name of the progress file in the output folder (hidden: readers skip it).
 pub const PROGRESS_FILE: &str = ".shard-progress.json";
@@ -298,7 +309,7 @@ pub struct ShardProgress {
 }
 
 /// One finished shard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardInfo {
     /// File name in the output folder.
     pub file: String,
@@ -308,12 +319,13 @@ pub struct ShardInfo {
     pub span: usize,
     /// File size.
     pub bytes: u64,
-    /// CRC-32 (IEEE) of the file.
+    /// CRC-32 (IEEE) of the file (eight hex digits in JSON).
+    #[serde(with = "hex32")]
     pub crc32: u32,
 }
 
 /// A sample left out by [`ShardWriterBuilder::skip_bad`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadSample {
     /// Index in the source.
     pub index: usize,
@@ -341,40 +353,12 @@ pub struct ShardSummary {
     pub manifest: PathBuf,
 }
 
-/// Per-thread scratch: one decoder and one resizer per worker, reused for every image.
-#[derive(Debug, Default)]
-struct Scratch {
-    read: Vec<u8>,
-    decoder: Decoder,
-    resizer: Option<fir::Resizer>,
-    resized: Vec<u8>,
-}
-
 /// Converts a [`Source`] to webdataset shards. See the module docs.
 #[derive(Debug)]
 pub struct ShardWriter {
     config: Config,
     /// The pool that reads and re-encodes, with one [`Scratch`] per thread.
     workers: Workers<Scratch>,
-}
-
-/// A sample ready to go into a tar.
-#[derive(Debug)]
-struct Encoded {
-    ext: &'static str,
-    data: Vec<u8>,
-    width: u32,
-    height: u32,
-    original_bytes: usize,
-}
-
-/// The file name of shard `n`.
-pub fn shard_file_name(n: usize) -> String {
-    format!("shard-{n:06}.tar")
-}
-
-fn tmp_name(n: usize) -> String {
-    format!(".{}.tmp", shard_file_name(n))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -451,22 +435,6 @@ fn crc_hex(crc: u32) -> String {
     format!("{crc:08x}")
 }
 
-/// CRC-32 and length of a file.
-fn file_crc(path: &Path) -> std::io::Result<(u32, u64)> {
-    let mut f = File::open(path)?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok((h.finalize(), len));
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-}
-
 /// Writes `bytes` to `dest` atomically and durably ([`crate::atomic::write_file`]).
 fn replace_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     crate::atomic::write_file(dest, bytes).map_err(|e| Error::Io {
@@ -475,108 +443,46 @@ fn replace_file(dest: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// A tar being written, with its running CRC and size.
-struct TarOut {
-    n: usize,
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    crc: crc32fast::Hasher,
-    bytes: u64,
+/// A `u32` as eight lowercase hex digits, as CRCs are written in our JSON files.
+mod hex32 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &u32, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&super::crc_hex(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+        let text = String::deserialize(d)?;
+        u32::from_str_radix(&text, 16).map_err(|e| D::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
+/// The progress file: the run's settings and each finished shard with the bad samples its positions held.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    settings: Value,
+    shards: Vec<ProgressShard>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ProgressShard {
+    #[serde(flatten)]
+    shard: ShardInfo,
+    bad: Vec<BadSample>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Serialize)]
+struct Manifest<'a> {
+    format: &'static str,
+    writer: &'static str,
+    version: u64,
     samples: usize,
-    span: usize,
-}
-
-const BLOCK: u64 = 512;
-
-fn tar_len(data: usize) -> u64 {
-    BLOCK + (data as u64).div_ceil(BLOCK) * BLOCK
-}
-
-impl TarOut {
-    fn create(dir: &Path, n: usize) -> Result<TarOut> {
-        let tmp = dir.join(tmp_name(n));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        Ok(TarOut {
-            n,
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-            crc: crc32fast::Hasher::new(),
-            bytes: 0,
-            samples: 0,
-            span: 0,
-        })
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).map_err(io_err(&self.tmp))?;
-        self.crc.update(bytes);
-        self.bytes += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// One member: a ustar header with fixed fields, the data, zero padding to the block.
-    fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(name).map_err(io_err(&self.tmp))?;
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        self.put(h.as_bytes())?;
-        self.put(data)?;
-        let pad = (BLOCK - data.len() as u64 % BLOCK) % BLOCK;
-        self.put(&[0u8; BLOCK as usize][..pad as usize])
-    }
-
-    /// Ends the archive, syncs it and renames it to its final name.
-    fn finish(mut self, dir: &Path) -> Result<ShardInfo> {
-        self.put(&[0u8; 2 * BLOCK as usize])?;
-        let file = self
-            .out
-            .into_inner()
-            .map_err(|e| io_err(&self.tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&self.tmp))?;
-        drop(file);
-        let name = shard_file_name(self.n);
-        let dest = dir.join(&name);
-        std::fs::rename(&self.tmp, &dest).map_err(io_err(&dest))?;
-        Ok(ShardInfo {
-            file: name,
-            samples: self.samples,
-            span: self.span,
-            bytes: self.bytes,
-            crc32: self.crc.finalize(),
-        })
-    }
-}
-
-fn shard_json(s: &ShardInfo) -> Value {
-    json!({"file": s.file, "samples": s.samples, "span": s.span, "bytes": s.bytes, "crc32": crc_hex(s.crc32)})
-}
-
-fn shard_from_json(v: &Value) -> Option<ShardInfo> {
-    Some(ShardInfo {
-        file: v.get("file")?.as_str()?.to_owned(),
-        samples: v.get("samples")?.as_u64()? as usize,
-        span: v.get("span")?.as_u64()? as usize,
-        bytes: v.get("bytes")?.as_u64()?,
-        crc32: u32::from_str_radix(v.get("crc32")?.as_str()?, 16).ok()?,
-    })
-}
-
-fn bad_json(b: &BadSample) -> Value {
-    json!({"index": b.index, "name": b.name, "error": b.error})
-}
-
-fn bad_from_json(v: &Value) -> Option<BadSample> {
-    Some(BadSample {
-        index: v.get("index")?.as_u64()? as usize,
-        name: v.get("name")?.as_str()?.to_owned(),
-        error: v.get("error")?.as_str()?.to_owned(),
-    })
+    classes: &'a [String],
+    class_counts: &'a [u64],
+    shards: &'a [ShardInfo],
+    bad: &'a [BadSample],
+    settings: &'a Value,
 }
 
 /// Finished shards with the bad samples each one's positions held.
@@ -614,18 +520,19 @@ impl WriteState<'_> {
     }
 
     fn save_progress(&self) -> Result<()> {
-        let shards: Vec<Value> = self
-            .shards
-            .iter()
-            .zip(&self.bad)
-            .map(|(s, bad)| {
-                let mut v = shard_json(s);
-                v["bad"] = bad.iter().map(bad_json).collect();
-                v
-            })
-            .collect();
-        let progress = json!({"settings": self.settings, "shards": shards});
-        let text = serde_json::to_vec_pretty(&progress).expect("JSON values serialise");
+        let progress = Progress {
+            settings: self.settings.clone(),
+            shards: self
+                .shards
+                .iter()
+                .zip(&self.bad)
+                .map(|(s, bad)| ProgressShard {
+                    shard: s.clone(),
+                    bad: bad.clone(),
+                })
+                .collect(),
+        };
+        let text = serde_json::to_vec_pretty(&progress).expect("plain data serialises");
         replace_file(&self.dir.join(PROGRESS_FILE), &text)
     }
 
@@ -722,7 +629,7 @@ impl WriteState<'_> {
                 cur.samples += 1;
                 cur.span += 1;
                 if !pause.is_zero() {
-                    cur.out.flush().map_err(io_err(&cur.tmp))?;
+                    cur.flush()?;
                     std::thread::sleep(pause);
                 }
             }
@@ -816,33 +723,23 @@ impl ShardWriter {
         let text = std::fs::read(&progress_path).map_err(io_err(&progress_path))?;
         let corrupt =
             |why: String| dir_err(&progress_path, format!("unusable progress file: {why}"));
-        let progress: Value = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
-        if progress.get("settings") != Some(settings) {
+        let progress: Progress =
+            serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+        if &progress.settings != settings {
             return Err(dir_err(
                 out,
                 format!(
                     "holds shards written with other settings or from another source ({}), not {}; re-run \
                      with the same settings to resume, or choose a new folder",
-                    progress.get("settings").unwrap_or(&Value::Null),
-                    settings
+                    progress.settings, settings
                 ),
             ));
         }
-        let listed = progress
-            .get("shards")
-            .and_then(Value::as_array)
-            .ok_or_else(|| corrupt("no shard list".into()))?;
-        let mut shards = Vec::with_capacity(listed.len());
-        let mut bad = Vec::with_capacity(listed.len());
-        for v in listed {
-            let s = shard_from_json(v).ok_or_else(|| corrupt(format!("bad shard entry {v}")))?;
-            let b: Option<Vec<BadSample>> = v
-                .get("bad")
-                .and_then(Value::as_array)
-                .and_then(|a| a.iter().map(bad_from_json).collect());
-            shards.push(s);
-            bad.push(b.ok_or_else(|| corrupt(format!("bad sample list of {v}")))?);
-        }
+        let (mut shards, mut bad): (Vec<ShardInfo>, Vec<Vec<BadSample>>) = progress
+            .shards
+            .into_iter()
+            .map(|p| (p.shard, p.bad))
+            .unzip();
         // Keep the longest run of leading shards that are intact (checked in parallel).
         let intact: Vec<bool> = self.workers.install(|| {
             shards
@@ -977,19 +874,19 @@ impl ShardWriter {
             class_counts[source.label(b.index) as usize] -= 1;
         }
         let samples = state.shards.iter().map(|s| s.samples).sum();
-        let manifest = json!({
-            "format": "webdataset",
-            "writer": "imgloader::shard",
-            "version": FORMAT_VERSION,
-            "samples": samples,
-            "classes": source.classes(),
-            "class_counts": class_counts,
-            "shards": state.shards.iter().map(shard_json).collect::<Vec<_>>(),
-            "bad": bad.iter().map(bad_json).collect::<Vec<_>>(),
-            "settings": settings,
-        });
+        let manifest = Manifest {
+            format: "webdataset",
+            writer: "imgloader::shard",
+            version: FORMAT_VERSION,
+            samples,
+            classes: source.classes(),
+            class_counts: &class_counts,
+            shards: &state.shards,
+            bad: &bad,
+            settings: &settings,
+        };
         let manifest_path = out.join(MANIFEST_FILE);
-        let text = serde_json::to_vec_pretty(&manifest).expect("JSON values serialise");
+        let text = serde_json::to_vec_pretty(&manifest).expect("plain data serialises");
         replace_file(&manifest_path, &text)?;
         Ok(ShardSummary {
             samples,
@@ -998,96 +895,6 @@ impl ShardWriter {
             bad,
             class_counts,
             manifest: manifest_path,
-        })
-    }
-
-    /// Reads (and re-encodes) sample `index`; runs on a pool thread.
-    fn encode(&self, source: &dyn Source, index: usize) -> Result<Encoded> {
-        self.workers
-            .with(|scratch| self.encode_with(scratch, source, index))?
-    }
-
-    fn encode_with(
-        &self,
-        scratch: &mut Scratch,
-        source: &dyn Source,
-        index: usize,
-    ) -> Result<Encoded> {
-        let Scratch {
-            read,
-            decoder,
-            resizer,
-            resized,
-        } = scratch;
-        let bytes = source.bytes(index, read)?;
-        let original_bytes = bytes.len();
-        let sample_err = |e| Error::Decode {
-            sample: source.name(index),
-            source: e,
-        };
-        let Some(r) = self.config.reencode else {
-            // The checks a decode makes before any pixel work, so that a file the readers would refuse
-            // (cut short, or a header declaring gigapixels) is not copied into the shards.
-            let info = decode::check(bytes, decoder.options()).map_err(sample_err)?;
-            let ext = if info.format == ImageFormat::Png {
-                "png"
-            } else {
-                "jpg"
-            };
-            return Ok(Encoded {
-                ext,
-                data: bytes.to_vec(),
-                width: info.width,
-                height: info.height,
-                original_bytes,
-            });
-        };
-        let img = decoder.decode(bytes).map_err(sample_err)?;
-        let (width, height) = (img.width, img.height);
-        let (w, h) = fit(width, height, r.max_side);
-        let fail = |e: &dyn std::fmt::Display| Error::Encode {
-            sample: source.name(index),
-            reason: e.to_string(),
-        };
-        let pixels: &[u8] = if (w, h) == (width, height) {
-            img.pixels
-        } else {
-            let src = fir::images::ImageRef::new(width, height, img.pixels, fir::PixelType::U8x3)
-                .map_err(|e| fail(&e))?;
-            resized.resize(w as usize * h as usize * 3, 0);
-            let mut dst = fir::images::Image::from_slice_u8(w, h, resized, fir::PixelType::U8x3)
-                .map_err(|e| fail(&e))?;
-            let options = fir::ResizeOptions::new()
-                .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Hamming));
-            resizer
-                .get_or_insert_with(fir::Resizer::new)
-                .resize(&src, &mut dst, &options)
-                .map_err(|e| fail(&e))?;
-            resized
-        };
-        let (Ok(w16), Ok(h16)) = (u16::try_from(w), u16::try_from(h)) else {
-            return Err(fail(&format!(
-                "{w}x{h} is over JPEG's 65535-pixel side; set a maximum side"
-            )));
-        };
-        let mut data = Vec::with_capacity(original_bytes.max(4096));
-        // jpeg-encoder's own rule (Auto): full chroma (4:4:4) from quality 90, 4:2:0 (cheaper to decode)
-        // below. Sharp colour edges lose ~3 dB to 4:2:0, which would take quality 90-95 under 35 dB PSNR.
-        let mut encoder = jpeg_encoder::Encoder::new(&mut data, r.quality);
-        match r.chroma {
-            Chroma::Auto => {}
-            Chroma::Full => encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_4_4),
-            Chroma::Half => encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0),
-        }
-        encoder
-            .encode(pixels, w16, h16, jpeg_encoder::ColorType::Rgb)
-            .map_err(|e| fail(&e))?;
-        Ok(Encoded {
-            ext: "jpg",
-            data,
-            width,
-            height,
-            original_bytes,
         })
     }
 }
@@ -1107,29 +914,13 @@ fn is_ours(name: &str) -> bool {
         || (shard_like(name.trim_start_matches('.')) && name.ends_with(".tmp"))
 }
 
-/// Size with the longer side at most `max_side`: aspect kept, rounded, at least 1 pixel.
-pub fn fit(width: u32, height: u32, max_side: Option<u32>) -> (u32, u32) {
-    let Some(m) = max_side else {
-        return (width, height);
-    };
-    let long = width.max(height);
-    if long <= m {
-        return (width, height);
-    }
-    let scale = |s: u32| {
-        ((u64::from(s) * u64::from(m) + u64::from(long) / 2) / u64::from(long)).max(1) as u32
-    };
-    if width >= height {
-        (m, scale(height))
-    } else {
-        (scale(width), m)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Decoder;
     use crate::source::{OpenOptions, open};
+    use fast_image_resize as fir;
+    use std::io::Read;
     use std::sync::Arc;
 
     /// A small class-folder tar and the folder it came from.
