@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use imgtrain::checkpoint::{Checkpoint, MOMENTUM_PREFIX};
 
 /// The shared dataset, written once per test binary.
-fn dataset() -> &'static Path {
+pub(crate) fn dataset() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -31,14 +31,14 @@ fn dataset() -> &'static Path {
 
 /// Two finished training runs shared by several tests: one straight through 2 epochs, and one of 1 epoch
 /// that another test resumes.
-struct Runs {
+pub(crate) struct Runs {
     _dir: tempfile::TempDir,
-    straight: PathBuf,
-    first_epoch: PathBuf,
-    straight_stdout: String,
+    pub(crate) straight: PathBuf,
+    pub(crate) first_epoch: PathBuf,
+    pub(crate) straight_stdout: String,
 }
 
-fn runs() -> &'static Runs {
+pub(crate) fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -57,7 +57,7 @@ fn runs() -> &'static Runs {
     })
 }
 
-fn imgtrain() -> Command {
+pub(crate) fn imgtrain() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgtrain"));
     // The CPU, with a fixed thread count: libtorch's CPU kernels are deterministic for a given thread
     // count, CUDA's are not.
@@ -67,7 +67,7 @@ fn imgtrain() -> Command {
 }
 
 /// The flags every small run shares.
-const SMALL: &[&str] = &[
+pub(crate) const SMALL: &[&str] = &[
     "--arch",
     "resnet18",
     "-b",
@@ -84,7 +84,7 @@ const SMALL: &[&str] = &[
     "1",
 ];
 
-fn train(out_dir: &Path, extra: &[&str]) -> Output {
+pub(crate) fn train(out_dir: &Path, extra: &[&str]) -> Output {
     let out = imgtrain()
         .arg(dataset())
         .args(SMALL)
@@ -102,11 +102,11 @@ fn train(out_dir: &Path, extra: &[&str]) -> Output {
     out
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
