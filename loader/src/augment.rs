@@ -28,11 +28,13 @@
 //! ```
 
 use fast_image_resize as fir;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::RngCore;
 
+pub use crate::decode::CropBox;
 use crate::decode::{Image, Region};
 use crate::error::{Error, Result};
+use crate::rng::below;
+pub use crate::rng::{SampleRng, sample_rng};
 
 /// ImageNet channel means (RGB, on the 0–1 scale), as torchvision's reference scripts use them.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -80,15 +82,6 @@ fn whole_region(img: ImageView<'_>) -> Region<'_> {
     }
 }
 
-/// A crop box in whole pixels, named like torchvision's `(i, j, h, w)`: `top`, `left`, `height`, `width`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CropBox {
-    pub top: u32,
-    pub left: u32,
-    pub height: u32,
-    pub width: u32,
-}
-
 /// What [`Augmenter::train`] did to one sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TrainParams {
@@ -107,72 +100,6 @@ pub struct SourceBox {
 
 // ---------------------------------------------------------------------------------------------------------
 // Randomness
-
-/// The random-number generator of one sample; see [`sample_rng`].
-#[derive(Debug, Clone)]
-pub struct SampleRng(ChaCha8Rng);
-
-impl RngCore for SampleRng {
-    fn next_u32(&mut self) -> u32 {
-        self.0.next_u32()
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        self.0.fill_bytes(dst)
-    }
-}
-
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// splitmix64's output function: a bijection on `u64` that mixes every input bit into every output bit.
-pub(crate) fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A ChaCha8 key made from two words. `w0 = mix64(a + γ)` is a bijection of `a`, and `w1 = mix64(w0 ^ (b + γ))`
-/// a bijection of `b` once `w0` is fixed, so distinct `(a, b)` pairs give distinct keys.
-pub(crate) fn chacha_key(a: u64, b: u64) -> [u8; 32] {
-    let w0 = mix64(a.wrapping_add(GOLDEN_GAMMA));
-    let w1 = mix64(w0 ^ b.wrapping_add(GOLDEN_GAMMA));
-    let w2 = mix64(w1.wrapping_add(GOLDEN_GAMMA));
-    let w3 = mix64(w2.wrapping_add(GOLDEN_GAMMA));
-    let mut key = [0u8; 32];
-    for (chunk, w) in key.chunks_exact_mut(8).zip([w0, w1, w2, w3]) {
-        chunk.copy_from_slice(&w.to_le_bytes());
-    }
-    key
-}
-
-/// The generator for sample `index` of `epoch` in a run seeded with `seed`.
-///
-/// ChaCha8 keyed by `(seed, epoch)` (see `chacha_key`: distinct pairs give distinct keys) on stream `index`.
-/// Distinct `(seed, epoch, index)` triples therefore get distinct ChaCha keystreams, which are independent
-/// for all practical purposes, and the value depends on nothing else: not the thread, the worker or the
-/// order samples are processed in. ChaCha's output is fixed by its specification, so the stream is stable
-/// across builds and platforms.
-pub fn sample_rng(seed: u64, epoch: u64, index: u64) -> SampleRng {
-    let mut rng = ChaCha8Rng::from_seed(chacha_key(seed, epoch));
-    rng.set_stream(index);
-    SampleRng(rng)
-}
-
-/// A uniform integer in `0..n` (`n > 0`) by Lemire's multiply-and-reject: unbiased, and (unlike a library's
-/// `random_range`) its values are part of our reproducibility contract, so it is ours.
-pub(crate) fn below(rng: &mut (impl RngCore + ?Sized), n: u64) -> u64 {
-    debug_assert!(n > 0);
-    let mut m = u128::from(rng.next_u64()) * u128::from(n);
-    if (m as u64) < n {
-        let threshold = n.wrapping_neg() % n;
-        while (m as u64) < threshold {
-            m = u128::from(rng.next_u64()) * u128::from(n);
-        }
-    }
-    (m >> 64) as u64
-}
 
 /// Where the random numbers of an augmentation come from.
 ///
@@ -719,23 +646,6 @@ pub fn normalize_to_nchw_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn below_is_in_range_and_covers_it() {
-        let mut rng = sample_rng(1, 2, 3);
-        let mut seen = [0u32; 7];
-        for _ in 0..7000 {
-            seen[below(&mut rng, 7) as usize] += 1;
-        }
-        // Each bucket expects 1000; 800 is > 6 sigma away.
-        assert!(seen.iter().all(|&n| n > 800), "{seen:?}");
-    }
-
-    #[test]
-    fn chacha_key_separates_seed_and_epoch() {
-        assert_ne!(chacha_key(0, 1), chacha_key(1, 0));
-        assert_ne!(chacha_key(0, 0), chacha_key(0, 1));
-    }
 
     #[test]
     fn flip_mirrors_pixels() {

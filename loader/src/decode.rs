@@ -22,7 +22,15 @@ mod turbo;
 
 use std::fmt;
 
-use crate::augment::CropBox;
+/// A crop box in whole pixels (what a region decode is asked for, and what the augmenter picks), named
+/// like torchvision's `(i, j, h, w)`: `top`, `left`, `height`, `width`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CropBox {
+    pub top: u32,
+    pub left: u32,
+    pub height: u32,
+    pub width: u32,
+}
 
 /// Settings of a [`Decoder`]. A bag of public fields; start from `Default`.
 #[derive(Debug, Clone, PartialEq, Eq)]

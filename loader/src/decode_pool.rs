@@ -5,13 +5,14 @@
 //! this dataset decode?" checks, since each outcome is handed to the caller with the sample's index.
 
 use std::fmt;
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::augment::ImageView;
 use crate::decode::{DecodeOptions, Decoder};
 use crate::source::Source;
+use crate::workers::Workers;
 use crate::{Error, Result};
 
 /// Decodes samples of a [`Source`] in parallel, one [`Decoder`] per thread, with no augmentation.
@@ -36,8 +37,7 @@ use crate::{Error, Result};
 pub struct DecodePool {
     source: Arc<dyn Source>,
     options: DecodeOptions,
-    pool: rayon::ThreadPool,
-    workers: Vec<Mutex<Worker>>,
+    workers: Workers<Worker>,
 }
 
 /// Per-thread scratch, reused for every sample the thread decodes.
@@ -74,7 +74,7 @@ impl fmt::Debug for DecodePool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DecodePool")
             .field("source", &self.source)
-            .field("threads", &self.workers.len())
+            .field("threads", &self.workers.threads())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -90,28 +90,18 @@ impl DecodePool {
             });
         }
         options.check()?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("imgdecode-{i}"))
-            .build()
-            .map_err(|e| Error::Config {
-                what: "threads",
-                reason: format!("cannot start worker threads: {e}"),
-            })?;
-        let workers = (0..threads)
-            .map(|_| Mutex::new(Worker::with(&options)))
-            .collect();
+        let opts = options.clone();
+        let workers = Workers::new(threads, "imgdecode", move || Ok(Worker::with(&opts)))?;
         Ok(DecodePool {
             source,
             options,
-            pool,
             workers,
         })
     }
 
     /// Worker threads.
     pub fn threads(&self) -> usize {
-        self.workers.len()
+        self.workers.threads()
     }
 
     /// The source being read.
@@ -129,6 +119,17 @@ impl DecodePool {
     where
         F: Fn(usize, std::result::Result<ImageView<'_>, &Error>) + Sync,
     {
+        self.visit(indices, |index, outcome| {
+            visit(index, outcome.map(|d| d.image))
+        })
+    }
+
+    /// As [`decode`](Self::decode), with more of each sample: its encoded bytes and the decoder's
+    /// warnings (data libjpeg worked around), for checks such as `imgtool verify`.
+    pub fn visit<F>(&self, indices: &[usize], visit: F) -> Result<DecodeSummary>
+    where
+        F: Fn(usize, std::result::Result<Decoded<'_>, &Error>) + Sync,
+    {
         let len = self.source.len();
         if let Some(&bad) = indices.iter().find(|&&i| i >= len) {
             return Err(Error::Config {
@@ -136,31 +137,17 @@ impl DecodePool {
                 reason: format!("{bad} is out of range: the source has {len} samples"),
             });
         }
-        let summary = self.pool.install(|| {
+        self.workers.install(|| {
             indices
                 .par_iter()
-                .map(|&index| {
-                    let thread = rayon::current_thread_index().expect("runs inside our pool");
-                    match self.workers[thread].try_lock() {
-                        Ok(mut worker) => self.one(&mut worker, index, &visit),
-                        Err(TryLockError::Poisoned(p)) => {
-                            self.one(&mut p.into_inner(), index, &visit)
-                        }
-                        // Only when `visit` itself waits on this pool and the thread picked up another
-                        // sample meanwhile: a temporary decoder, rather than a deadlock on our own lock.
-                        Err(TryLockError::WouldBlock) => {
-                            self.one(&mut Worker::with(&self.options), index, &visit)
-                        }
-                    }
-                })
-                .reduce(DecodeSummary::default, DecodeSummary::merge)
-        });
-        Ok(summary)
+                .map(|&index| self.workers.with(|worker| self.one(worker, index, &visit)))
+                .try_reduce(DecodeSummary::default, |a, b| Ok(a.merge(b)))
+        })
     }
 
     fn one<F>(&self, worker: &mut Worker, index: usize, visit: &F) -> DecodeSummary
     where
-        F: Fn(usize, std::result::Result<ImageView<'_>, &Error>) + Sync,
+        F: Fn(usize, std::result::Result<Decoded<'_>, &Error>) + Sync,
     {
         let Worker { decoder, bytes } = worker;
         let encoded = match self.source.bytes(index, bytes) {
@@ -174,14 +161,19 @@ impl DecodePool {
             }
         };
         let encoded_bytes = encoded.len() as u64;
-        match decoder.decode(encoded) {
-            Ok(image) => {
+        match decoder.decode_region(encoded, crate::decode::whole) {
+            Ok(region) => {
+                let image = region.image;
                 visit(
                     index,
-                    Ok(ImageView {
-                        width: image.width,
-                        height: image.height,
-                        pixels: image.pixels,
+                    Ok(Decoded {
+                        image: ImageView {
+                            width: image.width,
+                            height: image.height,
+                            pixels: image.pixels,
+                        },
+                        encoded,
+                        warnings: region.warnings,
                     }),
                 );
                 DecodeSummary {
@@ -205,6 +197,17 @@ impl DecodePool {
             }
         }
     }
+}
+
+/// A sample decoded by [`DecodePool::visit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Decoded<'a> {
+    /// The whole image.
+    pub image: ImageView<'a>,
+    /// The sample's encoded bytes, as read from the source.
+    pub encoded: &'a [u8],
+    /// Warnings the decoder raised (libjpeg-turbo: damaged data it worked around); 0 for a clean file.
+    pub warnings: u32,
 }
 
 impl Worker {

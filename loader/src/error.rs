@@ -123,6 +123,9 @@ pub enum Error {
         what: &'static str,
         limit: u64,
     },
+    /// A flat tar or folder of images (ImageNet val as shipped) opened without a labels file.
+    #[error("{}: {reason}", path.display())]
+    NeedsLabels { path: PathBuf, reason: String },
     /// The dataset's layout is not one we read, or is ambiguous.
     #[error("{}: {reason}", path.display())]
     Layout { path: PathBuf, reason: String },

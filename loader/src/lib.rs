@@ -32,15 +32,17 @@ pub mod decode;
 mod decode_pool;
 pub mod error;
 mod pipeline;
+mod rng;
 pub mod sampler;
 pub mod shard;
 pub mod source;
+pub mod workers;
 
 pub use augment::{
     Augmenter, IMAGENET_MEAN, IMAGENET_STD, ImageView, TrainAugment, ValAugment, sample_rng,
 };
 pub use decode::{DecodeOptions, Decoder};
-pub use decode_pool::{DecodePool, DecodeSummary};
+pub use decode_pool::{DecodePool, DecodeSummary, Decoded};
 pub use error::{Error, Result};
 pub use pipeline::{
     Allocator, BadSample, BadSamples, Batch, Epoch, HeapAllocator, HeapBuffer, Loader,

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
@@ -19,6 +19,7 @@ use crate::augment::{Augmenter, TrainAugment, ValAugment, normalize_to_nchw_f32,
 use crate::decode::{DecodeOptions, Decoder};
 use crate::sampler::{DistributedSampler, PartitionSampler};
 use crate::source::Source;
+use crate::workers::Workers;
 use crate::{Error, Result};
 
 /// Which transform a loader applies.
@@ -289,17 +290,10 @@ impl<A: Allocator> LoaderBuilder<A> {
         }
         // Built (and rank/world validated) once, so that epochs cannot fail on them later.
         let order = Order::new(self.source.len(), &config)?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(config.threads)
-            .thread_name(|i| format!("imgloader-{i}"))
-            .build()
-            .map_err(|e| Error::Config {
-                what: "threads",
-                reason: format!("cannot start worker threads: {e}"),
-            })?;
-        let workers = (0..config.threads)
-            .map(|_| Worker::new(config.decode.clone(), &config.transform).map(Mutex::new))
-            .collect::<Result<_>>()?;
+        let (decode, transform) = (config.decode.clone(), config.transform.clone());
+        let workers = Workers::new(config.threads, "imgloader", move || {
+            Worker::new(decode.clone(), &transform)
+        })?;
         let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded();
         Ok(Loader {
             shared: Arc::new(Shared {
@@ -310,7 +304,6 @@ impl<A: Allocator> LoaderBuilder<A> {
                 warned_total: AtomicUsize::new(0),
             }),
             order,
-            pool,
             allocator: self.allocator.clone(),
             recycle_tx,
             recycle_rx,
@@ -387,7 +380,8 @@ impl Worker {
 struct Shared {
     source: Arc<dyn Source>,
     config: Config,
-    workers: Vec<Mutex<Worker>>,
+    /// The pool that fills batches, with one [`Worker`] per thread.
+    workers: Workers<Worker>,
     bad_total: AtomicUsize,
     warned_total: AtomicUsize,
 }
@@ -398,7 +392,6 @@ struct Shared {
 pub struct Loader<A: Allocator = HeapAllocator> {
     shared: Arc<Shared>,
     order: Order,
-    pool: rayon::ThreadPool,
     allocator: A,
     recycle_tx: Sender<A::Buffer>,
     recycle_rx: Receiver<A::Buffer>,
@@ -622,7 +615,7 @@ impl<A: Allocator> Epoch<'_, A> {
             let recycle = self.loader.recycle_tx.clone();
             let cancelled = self.cancelled.clone();
             let epoch = self.epoch;
-            self.loader.pool.spawn(move || {
+            self.loader.shared.workers.spawn(move || {
                 let result = catch_unwind(AssertUnwindSafe(|| {
                     fill_batch(&shared, epoch, &indices, buffer.as_mut(), &cancelled)
                 }))
@@ -736,11 +729,9 @@ fn fill_batch(
             if cancelled.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let thread = rayon::current_thread_index().expect("runs inside the loader's pool");
-            let mut worker = shared.workers[thread]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            fill_slot(shared, &mut worker, epoch, index, out)
+            shared
+                .workers
+                .with(|worker| fill_slot(shared, worker, epoch, index, out))?
         })
         .collect();
     let mut filled = Filled {
@@ -817,7 +808,7 @@ fn fill_slot(
     let mut rng = sample_rng(c.seed ^ SUBSTITUTE_SALT, epoch, index as u64);
     let len = shared.source.len();
     for _ in 1..max_consecutive {
-        let substitute = crate::augment::below(&mut rng, len as u64) as usize;
+        let substitute = crate::rng::below(&mut rng, len as u64) as usize;
         // The substitute is augmented with the slot's own random stream, so its crop does not depend on
         // which sample failed before it.
         match process(shared, worker, epoch, index, substitute, out) {

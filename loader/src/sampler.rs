@@ -6,11 +6,8 @@
 
 use std::ops::Range;
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
-use crate::augment::{below, chacha_key};
 use crate::error::{Error, Result};
+use crate::rng::shuffle;
 
 fn check_rank(rank: usize, world: usize) -> Result<()> {
     if world == 0 {
@@ -121,16 +118,10 @@ impl DistributedSampler {
     }
 }
 
-/// A uniformly random permutation of `0..len` fixed by `seed` (Fisher–Yates on ChaCha8).
+/// A uniformly random permutation of `0..len` fixed by `seed` (stream 1 of [`shuffle`]).
 fn permutation(len: usize, seed: u64) -> Vec<usize> {
-    // Stream 1 keeps these keystreams apart from any other use of the same key.
-    let mut rng = ChaCha8Rng::from_seed(chacha_key(seed, 0));
-    rng.set_stream(1);
     let mut perm: Vec<usize> = (0..len).collect();
-    for i in (1..len).rev() {
-        let j = below(&mut rng, i as u64 + 1) as usize;
-        perm.swap(i, j);
-    }
+    shuffle(&mut perm, seed, 1);
     perm
 }
 

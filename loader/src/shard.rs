@@ -54,19 +54,18 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+
 use std::time::Duration;
 
 use fast_image_resize as fir;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
-use crate::augment::{below, chacha_key};
 use crate::decode::{self, Decoder, ImageFormat};
 use crate::error::{Error, Result};
+use crate::rng::shuffle;
 use crate::source::Source;
+use crate::workers::Workers;
 
 /// Name of the progress file in the output folder (hidden: readers skip it).
 pub const PROGRESS_FILE: &str = ".shard-progress.json";
@@ -273,19 +272,10 @@ impl ShardWriterBuilder {
         if c.threads == 0 {
             return bad("threads", "0; at least 1".into());
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(c.threads)
-            .thread_name(|i| format!("imgloader-shard-{i}"))
-            .build()
-            .map_err(|e| Error::Config {
-                what: "threads",
-                reason: format!("cannot start {} threads: {e}", c.threads),
-            })?;
-        let scratch = (0..c.threads).map(|_| Mutex::default()).collect();
+        let workers = Workers::new(c.threads, "imgloader-shard", || Ok(Scratch::default()))?;
         Ok(ShardWriter {
             config: c.clone(),
-            pool,
-            scratch,
+            workers,
         })
     }
 }
@@ -364,8 +354,8 @@ struct Scratch {
 #[derive(Debug)]
 pub struct ShardWriter {
     config: Config,
-    pool: rayon::ThreadPool,
-    scratch: Vec<Mutex<Scratch>>,
+    /// The pool that reads and re-encodes, with one [`Scratch`] per thread.
+    workers: Workers<Scratch>,
 }
 
 /// A sample ready to go into a tar.
@@ -401,15 +391,10 @@ fn dir_err(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// The shuffled order of `0..len` for `seed` (Fisher–Yates on ChaCha8, on a stream of its own).
+/// The shuffled order of `0..len` for `seed` (stream 2 of [`shuffle`]: apart from the sampler's).
 fn permutation(len: usize, seed: u64) -> Vec<u32> {
-    let mut rng = ChaCha8Rng::from_seed(chacha_key(seed, 0));
-    rng.set_stream(2);
     let mut perm: Vec<u32> = (0..len as u32).collect();
-    for i in (1..len).rev() {
-        let j = below(&mut rng, i as u64 + 1) as usize;
-        perm.swap(i, j);
-    }
+    shuffle(&mut perm, seed, 2);
     perm
 }
 
@@ -859,7 +844,7 @@ impl ShardWriter {
             bad.push(b.ok_or_else(|| corrupt(format!("bad sample list of {v}")))?);
         }
         // Keep the longest run of leading shards that are intact (checked in parallel).
-        let intact: Vec<bool> = self.pool.install(|| {
+        let intact: Vec<bool> = self.workers.install(|| {
             shards
                 .par_iter()
                 .enumerate()
@@ -962,7 +947,7 @@ impl ShardWriter {
             let (tx, rx) = crossbeam_channel::bounded::<Vec<(usize, Result<Encoded>)>>(1);
             scope.spawn(move || {
                 for part in todo.chunks(chunk) {
-                    let encoded = self.pool.install(|| {
+                    let encoded = self.workers.install(|| {
                         part.par_iter()
                             .map(|&i| (i as usize, self.encode(source, i as usize)))
                             .collect()
@@ -1018,14 +1003,22 @@ impl ShardWriter {
 
     /// Reads (and re-encodes) sample `index`; runs on a pool thread.
     fn encode(&self, source: &dyn Source, index: usize) -> Result<Encoded> {
-        let t = rayon::current_thread_index().unwrap_or(0) % self.scratch.len();
-        let mut guard = self.scratch[t].lock().unwrap_or_else(|p| p.into_inner());
+        self.workers
+            .with(|scratch| self.encode_with(scratch, source, index))?
+    }
+
+    fn encode_with(
+        &self,
+        scratch: &mut Scratch,
+        source: &dyn Source,
+        index: usize,
+    ) -> Result<Encoded> {
         let Scratch {
             read,
             decoder,
             resizer,
             resized,
-        } = &mut *guard;
+        } = scratch;
         let bytes = source.bytes(index, read)?;
         let original_bytes = bytes.len();
         let sample_err = |e| Error::Decode {

@@ -644,7 +644,7 @@ fn folder_errors_like_imagefolder() {
     fs::create_dir_all(&flat).unwrap();
     fs::write(flat.join("x.jpg"), "x").unwrap();
     let err = open(&flat, &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::EmptyDataset { .. }), "{err}");
+    assert!(matches!(err, Error::NeedsLabels { .. }), "{err}");
     assert!(err.to_string().contains("class folder"), "{err}");
 }
 
@@ -857,7 +857,7 @@ fn flat_tar_without_labels_asks_for_them() {
     let val = write_flat_tar(&tmp.path().join("val.tar"), &imgs);
     let err = open(&val, &opts(tmp.path())).unwrap_err();
     assert!(
-        matches!(err, Error::Layout { .. }) && err.to_string().contains("labels"),
+        matches!(err, Error::NeedsLabels { .. }) && err.to_string().contains("labels"),
         "{err}"
     );
 }
@@ -1123,10 +1123,10 @@ fn idx(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.idx", path.display()))
 }
 
-/// Where an index's records start (format v2: after the 176-byte header).
+/// Where an index's records start (format v3: after the 176-byte header).
 const RECORDS_AT: usize = 176;
 
-/// Rewrites the checksum of an index file after a hand edit (format v2: crc32 of bytes 0..172 and 176..,
+/// Rewrites the checksum of an index file after a hand edit (format v3: crc32 of bytes 0..172 and 176..,
 /// stored little-endian at 172).
 fn fix_checksum(bytes: &mut [u8]) {
     let mut h = crc32fast::Hasher::new();
@@ -1268,9 +1268,9 @@ fn damaged_indexes_are_detected_and_never_trusted() {
     b[8..12].copy_from_slice(&1u32.to_le_bytes());
     fix_checksum(&mut b);
     check(&b, "format version 1, older");
-    b[8..12].copy_from_slice(&3u32.to_le_bytes());
+    b[8..12].copy_from_slice(&4u32.to_le_bytes());
     fix_checksum(&mut b);
-    check(&b, "format version 3, newer");
+    check(&b, "format version 4, newer");
     // The content fingerprints (first and last 64 KiB, sampled headers) no longer matching.
     for at in [164, 168] {
         let mut b = good.clone();
@@ -1651,4 +1651,151 @@ fn issue_fifos_are_refused_without_hanging() {
         imgloader::error::chain(&src.bytes(1, &mut Vec::new()).unwrap_err())
     });
     assert!(msg.contains("b.jpg") && msg.contains("FIFO"), "{msg}");
+}
+
+/// `LOC_val_solution.csv` for `imgs`, rows in reverse order (the real file is not sorted either).
+fn loc_csv(imgs: &[Img]) -> String {
+    let mut text = String::from("ImageId,PredictionString\n");
+    for i in imgs.iter().rev() {
+        text += &format!("{},{} 1 2 3 4 {} 5 6 7 8\n", i.stem(), i.class, i.class);
+    }
+    text
+}
+
+#[test]
+fn issue_16_labels_are_kept_in_the_index_and_a_changed_file_makes_them_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (classes, imgs) = dataset();
+    let val = write_flat_tar(&t.join("val.tar"), &imgs);
+    let csv = t.join("LOC_val_solution.csv");
+    fs::write(&csv, loc_csv(&imgs)).unwrap();
+    let want = expected(&classes, &imgs);
+
+    // Labelled once: the index keeps the labels and the file they came from.
+    let (src, first) = open_ok(&val, &with_labels(t, &csv, None));
+    assert_eq!(samples(&*src), want);
+    assert!(!first.labels_from_index);
+    let (src, again) = open_ok(&val, &opts(t));
+    assert_eq!(samples(&*src), want);
+    assert_eq!(src.classes(), classes);
+    assert_eq!(
+        (again.layout, again.labels_from_index),
+        (Layout::FlatTar, true)
+    );
+    assert_eq!(again.labels_file.as_deref(), Some(csv.as_path()));
+    assert_eq!((again.indexes_loaded, again.members_scanned), (1, 0));
+    // The same contents under another name are the same labels.
+    let copy = t.join("copy.csv");
+    fs::copy(&csv, &copy).unwrap();
+    let (_, r) = open_ok(&val, &with_labels(t, &copy, None));
+    assert!(r.labels_from_index, "{r:?}");
+
+    // The recorded file changed: the stored labels are stale, read again, and stored anew.
+    let mut moved = imgs.clone();
+    moved[0].class = classes[2].clone();
+    fs::write(&csv, loc_csv(&moved)).unwrap();
+    let (src, r) = open_ok(&val, &opts(t));
+    assert!(!r.labels_from_index, "{r:?}");
+    assert!(r.notes.iter().any(|n| n.contains("read again")), "{r:?}");
+    assert_eq!(r.members_scanned, 0, "relabelling rescanned the tar");
+    let moved_want = {
+        let mut m = moved.clone();
+        m.sort_by_key(|i| (classes.iter().position(|c| c == &i.class), i.rel.clone()));
+        expected(&classes, &m)
+    };
+    assert_eq!(samples(&*src), moved_want);
+    let (_, r) = open_ok(&val, &opts(t));
+    assert!(r.labels_from_index, "{r:?}");
+    // A given file that differs from the stored labels wins over them.
+    let (src, r) = open_ok(&val, &with_labels(t, &copy, None));
+    assert!(!r.labels_from_index);
+    assert_eq!(samples(&*src), want);
+
+    // A broken recorded file is an error naming it and the line, never the old labels.
+    fs::write(&copy, "ImageId,PredictionString\nILSVRC2012_val_00000001\n").unwrap();
+    fs::remove_file(&csv).unwrap();
+    let err = open(&val, &opts(t)).unwrap_err().to_string();
+    assert!(
+        err.contains("copy.csv:2") && err.contains("ImageId,PredictionString"),
+        "{err}"
+    );
+    // A recorded file that is gone leaves the stored labels in force.
+    fs::remove_file(&copy).unwrap();
+    let (src, r) = open_ok(&val, &opts(t));
+    assert!(
+        r.labels_from_index && r.notes.iter().any(|n| n.contains("is gone")),
+        "{r:?}"
+    );
+    assert_eq!(samples(&*src), want);
+}
+
+#[test]
+fn issue_16_damaged_label_sections_are_never_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let (classes, imgs) = dataset();
+    let val = write_flat_tar(&t.join("val.tar"), &imgs);
+    let csv = t.join("LOC_val_solution.csv");
+    fs::write(&csv, loc_csv(&imgs)).unwrap();
+    let want = expected(&classes, &imgs);
+    open_ok(&val, &with_labels(t, &csv, None));
+    let good = fs::read(idx(&val)).unwrap();
+    let sources_len = u64::from_le_bytes(good[144..152].try_into().unwrap()) as usize;
+    assert!(sources_len > 16, "no label sources section");
+    let sources_at = good.len() - sources_len;
+
+    let check = |bytes: &[u8], why: &str| {
+        fs::write(idx(&val), bytes).unwrap();
+        // Without a labels file: refused, never opened with wrong labels.
+        let err = open(
+            &val,
+            &OpenOptions {
+                index: IndexPolicy::ReadOnly,
+                ..opts(t)
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NeedsLabels { .. }), "{why}: {err}");
+        // With one: rebuilt, with the right labels.
+        let (src, report) = open_ok(&val, &with_labels(t, &csv, None));
+        assert_rebuilt(&report, why);
+        assert_eq!(samples(&*src), want);
+        assert_eq!(fs::read(idx(&val)).unwrap(), good);
+    };
+    // A label outside the class table.
+    let mut b = good.clone();
+    b[RECORDS_AT + 16..RECORDS_AT + 20].copy_from_slice(&3u32.to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "out of range");
+    // The labelled flag on a section-less index, and a section without the flag.
+    let mut b = good.clone();
+    b[160..164].copy_from_slice(&0u32.to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "disagree");
+    let mut b = good.clone();
+    b[160..164].copy_from_slice(&3u32.to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "unknown flags");
+    // A path length running past the section, and a huge one.
+    for len in [sources_len as u32, u32::MAX] {
+        let mut b = good.clone();
+        b[sources_at + 12..sources_at + 16].copy_from_slice(&len.to_le_bytes());
+        fix_checksum(&mut b);
+        check(&b, "label source");
+    }
+    // A section length that disagrees with the file's.
+    let mut b = good.clone();
+    b[144..152].copy_from_slice(&(sources_len as u64 + 1).to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "truncated or corrupt");
+    // A corrupt byte anywhere in the section.
+    let mut b = good.clone();
+    b[sources_at + 20] ^= 0x20;
+    check(&b, "checksum");
+    // A version 2 index (no labels section) of the same tar.
+    let mut b = good.clone();
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    fix_checksum(&mut b);
+    check(&b, "format version 2, older");
 }

@@ -166,7 +166,8 @@ struct IndexArgs {
 #[derive(Debug, clap::Args)]
 struct Labels {
     /// Labels file: LOC_val_solution.csv, `file<TAB>synset` lines, or the devkit's
-    /// ILSVRC2012_validation_ground_truth.txt (which also needs --synsets).
+    /// ILSVRC2012_validation_ground_truth.txt (which also needs --synsets). A flat tar's index keeps the
+    /// labels: later opens need no --labels, and a changed labels file makes them be read again.
     #[arg(long, value_name = "FILE")]
     labels: Option<PathBuf>,
     /// Synset list with the devkit's ids (map_clsloc.txt: `n02119789 1 kit_fox`), for the ground truth file.
@@ -376,6 +377,19 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
     );
     if let Some(line) = skipped_line(&r.skipped) {
         outln!("{line}");
+    }
+    if let Some(labels) = &r.labels_file {
+        let synsets = r
+            .synsets_file
+            .as_ref()
+            .map(|s| format!(" + {}", Esc(s.display())))
+            .unwrap_or_default();
+        let how = match (r.labels_from_index, r.layout) {
+            (true, _) => "labels from the index",
+            (false, imgloader::Layout::FlatTar) => "read, and kept in the index",
+            _ => "read",
+        };
+        outln!("labels: {}{synsets} ({how})", Esc(labels.display()));
     }
     if r.archives > 0 {
         let what = if r.members_scanned == 0 {

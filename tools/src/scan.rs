@@ -1,15 +1,14 @@
 //! Run a function over every sample of a source on a pool of our own, in order, with progress.
 
-use std::sync::Mutex;
-
 use anyhow::Context;
 use imgloader::Source;
+use imgloader::workers::Workers;
 use rayon::prelude::*;
 
 use crate::progress::Progress;
 
 /// `f(state, index)` for every sample, on `threads` threads each with its own `S` (a decoder and its
-/// buffers, reused for every image). Results come back in sample order.
+/// buffers, reused for every image: the loader's [`Workers`]). Results come back in sample order.
 pub fn each_sample<T, S, F>(
     source: &dyn Source,
     threads: usize,
@@ -18,16 +17,12 @@ pub fn each_sample<T, S, F>(
 ) -> anyhow::Result<Vec<T>>
 where
     T: Send,
-    S: Default + Send,
+    S: Default + Send + 'static,
     F: Fn(&mut S, usize) -> T + Sync,
 {
     anyhow::ensure!(threads > 0, "invalid threads: 0; at least 1");
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(move |i| format!("imgtool-{task}-{i}"))
-        .build()
+    let workers = Workers::new(threads, task, || Ok(S::default()))
         .with_context(|| format!("starting {threads} threads"))?;
-    let states: Vec<Mutex<S>> = (0..threads).map(|_| Mutex::default()).collect();
     let n = source.len();
     let progress = Progress::new(task, n as u64);
     let mut out = Vec::with_capacity(n);
@@ -35,16 +30,12 @@ where
     let chunk = (threads * 64).max(256);
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
-        let part: Vec<T> = pool.install(|| {
+        let part: Vec<T> = workers.install(|| {
             (start..end)
                 .into_par_iter()
-                .map(|i| {
-                    let t = rayon::current_thread_index().unwrap_or(0) % states.len();
-                    let mut state = states[t].lock().unwrap_or_else(|p| p.into_inner());
-                    f(&mut state, i)
-                })
-                .collect()
-        });
+                .map(|i| workers.with(|state| f(state, i)))
+                .collect::<imgloader::Result<_>>()
+        })?;
         out.extend(part);
         progress.set(end as u64, 0);
     }

@@ -13,7 +13,7 @@ use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Dataset to convert: tar, tar of tars, flat tar (with --labels), folder, shard folder.
+    /// Dataset to convert: tar, tar of tars, flat tar (with --labels, or indexed with them), folder, shard folder.
     src: PathBuf,
     #[command(flatten)]
     labels: Labels,

@@ -56,7 +56,7 @@ struct Bucket {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Dataset: tar, tar of tars, flat tar (with --labels), folder, shard folder.
+    /// Dataset: tar, tar of tars, flat tar (with --labels, or indexed with them), folder, shard folder.
     src: PathBuf,
     #[command(flatten)]
     labels: Labels,

@@ -1,18 +1,22 @@
-//! `imgtool verify`: decode every image, list odd and bad files by full name, check the counts.
+//! `imgtool verify`: decode every image (on the loader's [`DecodePool`]), list odd and bad files by full
+//! name, check the counts.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use clap::ValueEnum;
-use imgloader::decode::{self, ColorSpace, DecodeError, Decoder, ImageFormat};
+use imgloader::decode::{self, ColorSpace, DecodeError, ImageFormat};
+use imgloader::{DecodeOptions, DecodePool, Decoded};
 use serde::Serialize;
 
 use crate::Labels;
 use crate::escape::Esc;
+use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Dataset: tar, tar of tars, flat tar (with --labels), folder, shard folder.
+    /// Dataset: tar, tar of tars, flat tar (with --labels, or indexed with them), folder, shard folder.
     src: PathBuf,
     #[command(flatten)]
     labels: Labels,
@@ -51,15 +55,8 @@ impl Expect {
 
 /// What one sample turned out to be.
 enum Outcome {
-    Good {
-        bytes: usize,
-        odd: Vec<&'static str>,
-    },
-    Bad {
-        bytes: usize,
-        kind: &'static str,
-        error: String,
-    },
+    Good { odd: Vec<&'static str> },
+    Bad { kind: &'static str, error: String },
 }
 
 fn bad_kind(e: &DecodeError) -> &'static str {
@@ -79,43 +76,36 @@ fn has_ext(name: &str, exts: &[&str]) -> bool {
         .is_some_and(|(_, e)| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
-fn check(state: &mut (Decoder, Vec<u8>), source: &dyn imgloader::Source, i: usize) -> Outcome {
-    let (decoder, scratch) = state;
-    let bytes = match source.bytes(i, scratch) {
-        Ok(b) => b,
+/// Classifies one sample from the decode pool's outcome: decoded whole (so damage anywhere in the file
+/// is seen), with the decoder's warnings and the file's header facts.
+fn check(name: &str, outcome: Result<Decoded<'_>, &imgloader::Error>) -> Outcome {
+    let bad = |e: &DecodeError| Outcome::Bad {
+        kind: bad_kind(e),
+        error: imgloader::error::chain(e),
+    };
+    let decoded = match outcome {
+        Ok(d) => d,
+        Err(imgloader::Error::Decode { source, .. }) => return bad(source),
         Err(e) => {
             return Outcome::Bad {
-                bytes: 0,
                 kind: "unreadable",
-                error: imgloader::error::chain(&e),
+                error: imgloader::error::chain(e),
             };
         }
     };
-    let len = bytes.len();
-    let bad = |e: DecodeError| Outcome::Bad {
-        bytes: len,
-        kind: bad_kind(&e),
-        error: imgloader::error::chain(&e),
-    };
-    let info = match decode::probe(bytes) {
+    let info = match decode::probe(decoded.encoded) {
         Ok(info) => info,
-        Err(e) => return bad(e),
+        Err(e) => return bad(&e),
     };
-    // Decoded whole: damage anywhere in the file is seen.
-    let warned = match decoder.decode_region(bytes, decode::whole) {
-        Ok(region) => region.warnings > 0,
-        Err(e) => return bad(e),
-    };
-    let name = source.name(i);
     let mut odd = Vec::new();
-    if warned {
+    if decoded.warnings > 0 {
         // libjpeg worked around damaged data (as PIL does: the file decodes there too, with grey or
         // smeared blocks); worth a look, not a failure.
         odd.push("damaged-data");
     }
     match info.format {
-        ImageFormat::Png if has_ext(&name, &["jpg", "jpeg"]) => odd.push("png-named-jpeg"),
-        ImageFormat::Jpeg if has_ext(&name, &["png"]) => odd.push("jpeg-named-png"),
+        ImageFormat::Png if has_ext(name, &["jpg", "jpeg"]) => odd.push("png-named-jpeg"),
+        ImageFormat::Jpeg if has_ext(name, &["png"]) => odd.push("jpeg-named-png"),
         _ => {}
     }
     match info.color {
@@ -129,7 +119,7 @@ fn check(state: &mut (Decoder, Vec<u8>), source: &dyn imgloader::Source, i: usiz
     if info.bit_depth == 16 {
         odd.push("16-bit");
     }
-    Outcome::Good { bytes: len, odd }
+    Outcome::Good { odd }
 }
 
 /// What `verify` found: printed as text, or as JSON with `--json`.
@@ -171,19 +161,29 @@ struct Expected {
 fn scan(args: &Args) -> anyhow::Result<Report> {
     let start = Instant::now();
     let (source, _) = crate::open(&args.src, &args.labels, false)?;
-    let outcomes = crate::scan::each_sample(&*source, args.threads, "verify", |s, i| {
-        check(s, &*source, i)
-    })?;
+    let pool = DecodePool::new(source.clone(), args.threads, DecodeOptions::default())?;
+    let n = source.len();
+    let slots: Vec<OnceLock<Outcome>> = (0..n).map(|_| OnceLock::new()).collect();
+    let progress = Progress::new("verify", n as u64);
+    let mut bytes = 0u64;
+    // Chunks keep the progress moving; large enough to keep every thread busy.
+    let chunk = (args.threads * 64).max(256);
+    for first in (0..n).step_by(chunk) {
+        let end = (first + chunk).min(n);
+        let indices: Vec<usize> = (first..end).collect();
+        let summary = pool.visit(&indices, |i, outcome| {
+            let _ = slots[i].set(check(&source.name(i), outcome));
+        })?;
+        bytes += summary.encoded_bytes;
+        progress.set(end as u64, 0);
+    }
+    progress.finish();
     let seconds = start.elapsed().as_secs_f64();
 
-    let (mut odd, mut bad, mut bytes) = (Vec::new(), Vec::new(), 0u64);
-    for (i, o) in outcomes.into_iter().enumerate() {
-        match o {
-            Outcome::Good {
-                bytes: n,
-                odd: kinds,
-            } => {
-                bytes += n as u64;
+    let (mut odd, mut bad) = (Vec::new(), Vec::new());
+    for (i, slot) in slots.into_iter().enumerate() {
+        match slot.into_inner().expect("the pool visits every index") {
+            Outcome::Good { odd: kinds } => {
                 if !kinds.is_empty() {
                     odd.push(OddFile {
                         name: source.name(i),
@@ -191,18 +191,11 @@ fn scan(args: &Args) -> anyhow::Result<Report> {
                     });
                 }
             }
-            Outcome::Bad {
-                bytes: n,
+            Outcome::Bad { kind, error } => bad.push(BadFile {
+                name: source.name(i),
                 kind,
                 error,
-            } => {
-                bytes += n as u64;
-                bad.push(BadFile {
-                    name: source.name(i),
-                    kind,
-                    error,
-                });
-            }
+            }),
         }
     }
     let (images, classes) = (source.len(), source.classes().len());

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     pub limit_val: Option<usize>,
     /// The loader's JPEG decoder; `None`: libjpeg-turbo when built in, else zune-jpeg.
     pub jpeg: Option<JpegBackend>,
+    /// Labels of a flat val split (`--val-labels`); `None`: looked for beside it.
+    pub val_labels: Option<PathBuf>,
+    /// Synset list for the val labels (`--synsets`).
+    pub synsets: Option<PathBuf>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }

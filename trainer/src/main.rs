@@ -19,7 +19,9 @@ use imgtrain::{RunSummary, TrainConfig};
 #[derive(Debug, Parser)]
 #[command(name = "imgtrain", version, about)]
 struct Args {
-    /// Dataset folder: train.tar and val.tar, or train/ and val/ (class folders or webdataset shards).
+    /// Dataset folder: train.tar and val.tar, or train/ and val/ (class folders or webdataset shards), or
+    /// ImageNet as downloaded (ILSVRC2012_img_train.tar + ILSVRC2012_img_val.tar + LOC_val_solution.csv,
+    /// or Kaggle's ILSVRC/Data/CLS-LOC/).
     #[arg(value_name = "DATA")]
     data_positional: Option<PathBuf>,
     /// The dataset folder, as an option.
@@ -141,6 +143,14 @@ struct Args {
     /// zune (zune-jpeg, pure Rust) [default: turbo when built in, else zune].
     #[arg(long, value_name = "DECODER")]
     jpeg: Option<JpegBackend>,
+    /// Labels of a flat val split: LOC_val_solution.csv, ILSVRC2012_validation_ground_truth.txt (with
+    /// --synsets) or `file synset` lines [default: looked for in DATA].
+    #[arg(long = "val-labels", visible_alias = "val_labels", value_name = "FILE")]
+    val_labels: Option<PathBuf>,
+    /// Synset list for --val-labels: map_clsloc.txt (`n02119789 1 kit_fox`, devkit ids) or
+    /// LOC_synset_mapping.txt.
+    #[arg(long, value_name = "FILE")]
+    synsets: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -197,6 +207,8 @@ impl Args {
             limit_train: self.limit_train,
             limit_val: self.limit_val,
             jpeg: self.jpeg,
+            val_labels: self.val_labels,
+            synsets: self.synsets,
             args: argv,
         }
     }

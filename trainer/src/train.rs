@@ -11,7 +11,7 @@ use tch::{Cuda, Device};
 use crate::amp;
 use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Plan, TrainConfig};
-use crate::data::{self, open_split};
+use crate::data::{self, Subset};
 use crate::device;
 use crate::error::{Result, TrainError};
 use crate::feed::{Feed, FeedOptions, Normalizer};
@@ -115,38 +115,24 @@ fn open_splits(cfg: &TrainConfig) -> Result<Splits> {
         });
     }
     let data = cfg.data.as_deref().expect("validated");
-    let paths = data::locate(data, !cfg.evaluate)?;
-    let train = match &paths.train {
-        Some(p) => Some((p.clone(), open_split("train", p, cfg.limit_train)?)),
-        None => None,
+    let labels = data::LabelFiles {
+        val_labels: cfg.val_labels.clone(),
+        synsets: cfg.synsets.clone(),
     };
-    let val = open_split("val", &paths.val, cfg.limit_val)?;
-    let classes = val.classes().to_vec();
-    if let Some((_, t)) = &train
-        && t.classes() != classes.as_slice()
-    {
-        let detail = t
-            .classes()
-            .iter()
-            .zip(&classes)
-            .position(|(a, b)| a != b)
-            .map(|i| {
-                format!(
-                    "class {i} is {:?} in train, {:?} in val",
-                    t.classes()[i],
-                    classes[i]
-                )
-            })
-            .unwrap_or_else(|| "one list is a prefix of the other".into());
-        return Err(TrainError::ClassMismatch {
-            train: t.classes().len(),
-            val: classes.len(),
-            detail,
-        });
+    // Finds the splits (and the labels of a flat val split), opens them and checks that train and val
+    // have the same classes.
+    let found = data::open_dataset(data, &labels, !cfg.evaluate)?;
+    for line in found.log_lines() {
+        println!("=> {line}");
     }
+    let limit = |s: data::OpenedSplit, n: Option<usize>| match n {
+        Some(n) => (s.path, Subset::spread(s.source, n)),
+        None => (s.path, s.source),
+    };
+    let classes = found.val.source.classes().to_vec();
     Ok(Splits {
-        train,
-        val: Some((paths.val, val)),
+        train: found.train.map(|t| limit(t, cfg.limit_train)),
+        val: Some(limit(found.val, cfg.limit_val)),
         classes,
     })
 }

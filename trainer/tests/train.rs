@@ -11,19 +11,22 @@ use std::sync::OnceLock;
 use imgtrain::checkpoint::{Checkpoint, MOMENTUM_PREFIX};
 
 /// The shared dataset, written once per test binary.
+pub(crate) fn dataset_config() -> imgfixtures::SynthConfig {
+    imgfixtures::SynthConfig {
+        classes: 4,
+        train_per_class: 6,
+        val_per_class: 3,
+        min_side: 48,
+        max_side: 64,
+        ..Default::default()
+    }
+}
+
 pub(crate) fn dataset() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = imgfixtures::SynthConfig {
-            classes: 4,
-            train_per_class: 6,
-            val_per_class: 3,
-            min_side: 48,
-            max_side: 64,
-            ..Default::default()
-        };
-        imgfixtures::write_dataset(&cfg, dir.path()).unwrap();
+        imgfixtures::write_dataset(&dataset_config(), dir.path()).unwrap();
         dir
     })
     .path()
@@ -111,7 +114,7 @@ pub(crate) fn stderr(out: &Output) -> String {
 }
 
 /// Runs imgtrain expecting failure before training; returns stderr.
-fn fails_before_training(args: &[&std::ffi::OsStr]) -> String {
+pub(crate) fn fails_before_training(args: &[&std::ffi::OsStr]) -> String {
     let out = imgtrain().args(args).output().unwrap();
     let (o, e) = (stdout(&out), stderr(&out));
     assert!(!out.status.success(), "expected failure:\n{o}\n{e}");
@@ -124,7 +127,7 @@ fn os(s: &str) -> &std::ffi::OsStr {
     s.as_ref()
 }
 
-fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
+pub(crate) fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
     let names_a: Vec<&str> = a.names().collect();
     let names_b: Vec<&str> = b.names().collect();
     assert_eq!(names_a, names_b);
@@ -524,7 +527,8 @@ fn missing_data_dir() {
     let e = fails_before_training(&[dir.path().as_os_str()]);
     assert!(
         e.contains(
-            "no train split: looked for train.tar and train/ (class folders or webdataset shards)"
+            "no train split: looked for train.tar, ILSVRC2012_img_train.tar, train/, \
+             ILSVRC/Data/CLS-LOC/train/ (class folders or webdataset shards)"
         ),
         "{e}"
     );

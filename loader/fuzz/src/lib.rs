@@ -238,6 +238,7 @@ pub fn labels(data: &[u8]) {
         synsets,
         index: IndexPolicy::ReadOnly,
         cache_dir: Some(dir.join("cache")),
+        ..OpenOptions::default()
     };
     if let Ok(source) = imgloader::open(&dir.join("val.tar"), &opts) {
         assert!(source.len() <= 6);

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::build::{Kind, MAX_CLASSES, Mode, NONE, wds_key};
 use super::file::{TarFile, read_regular};
-use super::index::{self, IndexData};
+use super::index::{self, FileStamp, IndexData, LabelSources, Labelling};
 use super::labels::LabelSet;
 use super::tarscan;
 use super::{Layout, OpenOptions, OpenReport, Source, push_limited, split_dir};
@@ -189,10 +189,10 @@ impl TarSource {
         opts: &OpenOptions,
         report: &mut OpenReport,
     ) -> Result<TarSource> {
-        let mode = if opts.labels.is_some() {
-            Mode::Flat
-        } else {
-            Mode::Auto
+        let mode = match (&opts.labels, opts.labels_if_flat) {
+            (None, _) => Mode::Auto,
+            (Some(_), false) => Mode::Flat,
+            (Some(_), true) => Mode::AutoOrFlat,
         };
         let archive = open_archive(path, mode, opts, report)?;
         match archive.index.kind {
@@ -212,11 +212,8 @@ impl TarSource {
             }
             Kind::Flat => {
                 report.layout = Layout::FlatTar;
-                let labels_path = opts.labels.as_deref().unwrap_or(Path::new(""));
-                let labels = LabelSet::load(labels_path, opts.synsets.as_deref())?;
                 let n = archive.index.len();
-                let names = (0..n).map(|i| archive.index.name(&archive.index.record(i)));
-                let (mut labs, classes) = labels.assign(names, report)?;
+                let (mut labs, classes) = flat_labels(&archive, opts, report)?;
                 let mut refs: Vec<(u32, u32)> = (0..n as u32).map(|i| (0, i)).collect();
                 let archives = vec![archive];
                 sort_refs(&archives, &mut refs, &mut labs);
@@ -254,6 +251,14 @@ impl TarSource {
             }
         }
         if tars.is_empty() {
+            if super::folder::has_top_images(dir)? {
+                return Err(Error::NeedsLabels {
+                    path: dir.to_owned(),
+                    reason: "images without class folders (like an extracted ILSVRC2012_img_val.tar) need a \
+                             labels file (OpenOptions::labels / --labels)"
+                        .into(),
+                });
+            }
             return Err(Error::EmptyDataset {
                 path: dir.to_owned(),
                 reason: "no class folders and no .tar shards; couldn't find any class folder"
@@ -353,6 +358,98 @@ impl TarSource {
             }
         }
     }
+}
+
+/// Labels of a flat tar's records, in record order, and its classes: those stored in its index when they
+/// were made from the same files (the given ones, else those recorded), else read from the files and
+/// stored in the index for the next open.
+fn flat_labels(
+    archive: &Archive,
+    opts: &OpenOptions,
+    report: &mut OpenReport,
+) -> Result<(Vec<u32>, Vec<String>)> {
+    let index = &archive.index;
+    let stored = index.label_sources.as_ref();
+    let (labels_path, synsets_path) = match (&opts.labels, stored) {
+        (Some(l), _) => (l.clone(), opts.synsets.clone()),
+        (None, Some(s)) => (
+            s.labels.path.clone(),
+            s.synsets.as_ref().map(|s| s.path.clone()),
+        ),
+        (None, None) => {
+            return Err(Error::NeedsLabels {
+                path: archive.tar.path.clone(),
+                reason: "a flat tar (like ILSVRC2012_img_val.tar) needs a labels file \
+                         (OpenOptions::labels / --labels)"
+                    .into(),
+            });
+        }
+    };
+    report.labels_file = Some(labels_path.clone());
+    report.synsets_file = synsets_path.clone();
+    if let Some(stored) = stored {
+        let unchanged = if opts.labels.is_some() {
+            let now = LabelSources {
+                labels: FileStamp::of(&labels_path)?,
+                synsets: synsets_path.as_deref().map(FileStamp::of).transpose()?,
+            };
+            now.same_content(stored)
+        } else {
+            // The recorded files: changed ones make the stored labels stale; gone ones leave them in
+            // force (keeping them is what the index is for).
+            let mut same = |then: &FileStamp| -> Result<bool> {
+                match std::fs::symlink_metadata(&then.path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        report.notes.push(format!(
+                            "{} is gone: using the labels the index kept",
+                            then.path.display()
+                        ));
+                        Ok(true)
+                    }
+                    _ => Ok(FileStamp::of(&then.path)?.same_content(then)),
+                }
+            };
+            same(&stored.labels)? && stored.synsets.as_ref().map_or(Ok(true), same)?
+        };
+        if unchanged {
+            report.labels_from_index = true;
+            let labs: Vec<u32> = (0..index.len()).map(|i| index.record(i).label).collect();
+            if index.unused_labels > 0 {
+                report.unused_labels += index.unused_labels;
+                report.warnings.push(format!(
+                    "{}: {} row(s) label images the tar does not have; ignored, they make no class",
+                    labels_path.display(),
+                    index.unused_labels
+                ));
+            }
+            return Ok((labs, index.classes()));
+        }
+        report.notes.push(format!(
+            "labels in the index of {} not used: made from other contents of {}{}; read again",
+            archive.tar.path.display(),
+            labels_path.display(),
+            synsets_path
+                .as_deref()
+                .map(|s| format!(" / {}", s.display()))
+                .unwrap_or_default()
+        ));
+    }
+    let sources = LabelSources {
+        labels: FileStamp::of(&labels_path)?,
+        synsets: synsets_path.as_deref().map(FileStamp::of).transpose()?,
+    };
+    let set = LabelSet::load(&labels_path, synsets_path.as_deref())?;
+    let unused_before = report.unused_labels;
+    let names = (0..index.len()).map(|i| index.name(&index.record(i)));
+    let (labs, classes) = set.assign(names, report)?;
+    let labelling = Labelling {
+        sources: &sources,
+        labels: &labs,
+        classes: &classes,
+        unused: report.unused_labels - unused_before,
+    };
+    index::store_labels(&archive.tar, index, &labelling, opts, report)?;
+    Ok((labs, classes))
 }
 
 /// A record's member path, with its inner tar in a tar of tars.

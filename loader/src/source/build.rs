@@ -26,6 +26,9 @@ pub(crate) enum Mode {
     Auto,
     /// A flat tar labelled by a labels file: every image, unlabelled, sorted by path.
     Flat,
+    /// [`Mode::Auto`], but a tar of images outside class folders is read as [`Mode::Flat`] (a labels file
+    /// is at hand, to be used only if the tar turns out flat).
+    AutoOrFlat,
     /// A webdataset shard from a shard folder.
     Shard,
 }
@@ -50,12 +53,15 @@ impl Kind {
         })
     }
 
-    pub(crate) fn fits(self, mode: Mode) -> bool {
+    /// Whether an index of this kind (`labelled`: a flat tar's with its labels) serves an open in `mode`.
+    /// A flat tar indexed with its labels opens without a labels file.
+    pub(crate) fn fits(self, mode: Mode, labelled: bool) -> bool {
         match mode {
-            Mode::Auto => matches!(
-                self,
-                Kind::ClassFolders | Kind::TarOfTars | Kind::Webdataset
-            ),
+            Mode::Auto => match self {
+                Kind::ClassFolders | Kind::TarOfTars | Kind::Webdataset => true,
+                Kind::Flat => labelled,
+            },
+            Mode::AutoOrFlat => true,
             Mode::Flat => self == Kind::Flat,
             Mode::Shard => self == Kind::Webdataset,
         }
@@ -195,15 +201,18 @@ pub(crate) fn build(tar: &TarFile, mode: Mode) -> Result<Built> {
     });
     match mode {
         Mode::Flat => flat(&list, archive, &mut out)?,
-        Mode::Shard | Mode::Auto if has_cls => webdataset(&list, tar, &mut out)?,
+        Mode::Shard | Mode::Auto | Mode::AutoOrFlat if has_cls => webdataset(&list, tar, &mut out)?,
         Mode::Shard => {
             return Err(Error::Layout {
                 path: archive.to_owned(),
                 reason: "not a webdataset shard: no `.cls` label members".into(),
             });
         }
-        Mode::Auto if !has_images && has_tars => tar_of_tars(&list, tar, &mut out)?,
-        Mode::Auto => class_folders(&list, archive, &mut out)?,
+        Mode::Auto | Mode::AutoOrFlat if !has_images && has_tars => {
+            tar_of_tars(&list, tar, &mut out)?
+        }
+        Mode::Auto => class_folders(&list, archive, &mut out, false)?,
+        Mode::AutoOrFlat => class_folders(&list, archive, &mut out, true)?,
     }
     if out.records.is_empty() {
         return Err(Error::EmptyDataset {
@@ -256,7 +265,13 @@ fn push_rec(out: &mut Built, name: &str, offset: u64, len: u64, label: u32, grou
     });
 }
 
-fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> {
+/// Images outside class folders are an error, or with `flat_fallback` make a flat tar.
+fn class_folders(
+    list: &Listing,
+    archive: &Path,
+    out: &mut Built,
+    flat_fallback: bool,
+) -> Result<()> {
     out.kind = Some(Kind::ClassFolders);
     let visible: Vec<&Ent> = list.ents.iter().filter(|e| !hidden(list.path(e))).collect();
     let images: Vec<&Ent> = visible
@@ -299,8 +314,11 @@ fn class_folders(list: &Listing, archive: &Path, out: &mut Built) -> Result<()> 
     let in_class = images
         .iter()
         .any(|e| class_of(list.path(e), false).is_some());
+    if !in_class && flat_fallback {
+        return flat(list, archive, out);
+    }
     if !in_class {
-        return Err(Error::Layout {
+        return Err(Error::NeedsLabels {
             path: archive.to_owned(),
             reason: "the images are not in class folders; a flat tar (like ILSVRC2012_img_val.tar) needs a labels \
                      file (OpenOptions::labels / --labels)"

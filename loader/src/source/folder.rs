@@ -88,6 +88,21 @@ pub(crate) fn has_class_dirs(root: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// Whether `root` itself holds a (non-hidden) image file: a flat folder, like extracted ImageNet val.
+pub(crate) fn has_top_images(root: &Path) -> Result<bool> {
+    for entry in fs::read_dir(root).map_err(io_err(root))? {
+        let entry = entry.map_err(io_err(root))?;
+        let name = entry.file_name();
+        if !os_bytes(&name).starts_with(b".")
+            && file_kind(&name.to_string_lossy()) == FileKind::Image
+            && fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Bounds of a folder walk, so that a symlink to a system folder fails in bounded time instead of listing
 /// the disk. Links to the dataset folder or above it are refused outright (see [`Walk::ancestors`]); these
 /// catch the rest, such as a class folder linking to `/usr`.
@@ -326,6 +341,8 @@ impl FolderSource {
         report: &mut OpenReport,
     ) -> Result<FolderSource> {
         report.layout = Layout::FlatFolder;
+        report.labels_file = opts.labels.clone();
+        report.synsets_file = opts.synsets.clone();
         let labels = LabelSet::load(
             opts.labels.as_deref().unwrap_or(Path::new("")),
             opts.synsets.as_deref(),

@@ -12,14 +12,21 @@ use super::{IndexPolicy, OpenOptions, OpenReport, Skipped};
 use crate::error::{Error, Result};
 
 pub(crate) const MAGIC: [u8; 8] = *b"IMGTIDX\n";
-pub(crate) const VERSION: u32 = 2;
+pub(crate) const VERSION: u32 = 3;
 const HEADER: usize = 176;
+const LABEL_SOURCES_AT: usize = 144;
+const UNUSED_LABELS_AT: usize = 152;
+const FLAGS_AT: usize = 160;
 const EDGES_AT: usize = 164;
 const HEADERS_AT: usize = 168;
 const CRC_AT: usize = 172;
 const RECORD: usize = 32;
 const STR_REF: usize = 8;
-const SKIP_SLOTS: usize = 12;
+const SKIP_SLOTS: usize = 10;
+/// Flag: a flat tar's records carry labels, from the files named in the label-sources section.
+const FLAG_LABELLED: u32 = 1;
+/// The most bytes of a path recorded in the label-sources section.
+const MAX_SOURCE_PATH: u32 = 64 * 1024;
 
 /// Bytes at each end of the tar covered by the index's edges CRC.
 const EDGE: u64 = 64 * 1024;
@@ -70,6 +77,126 @@ pub(crate) struct IndexData {
     pub skipped: Skipped,
     /// Tar headers read when it was built.
     pub members: u64,
+    /// For a labelled flat tar: the files its labels came from, as they were then.
+    pub label_sources: Option<LabelSources>,
+    /// For a labelled flat tar: rows of the labels file for images the tar does not have.
+    pub unused_labels: u64,
+}
+
+/// A file as it was read: its path and its content's size and CRC-32.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    pub path: PathBuf,
+    pub size: u64,
+    pub crc: u32,
+}
+
+impl FileStamp {
+    /// Reads `path` and stamps its content.
+    pub(crate) fn of(path: &Path) -> Result<FileStamp> {
+        let bytes = super::file::read_regular(path)?;
+        Ok(FileStamp {
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+            size: bytes.len() as u64,
+            crc: crc32fast::hash(&bytes),
+        })
+    }
+
+    /// Whether two stamps are of the same content, wherever the files are.
+    pub(crate) fn same_content(&self, other: &FileStamp) -> bool {
+        (self.size, self.crc) == (other.size, other.crc)
+    }
+}
+
+/// The labels file and synset list a flat tar's stored labels were made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LabelSources {
+    pub labels: FileStamp,
+    pub synsets: Option<FileStamp>,
+}
+
+impl LabelSources {
+    /// Whether `other` holds the same contents (paths aside).
+    pub(crate) fn same_content(&self, other: &LabelSources) -> bool {
+        self.labels.same_content(&other.labels)
+            && match (&self.synsets, &other.synsets) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_content(b),
+                _ => false,
+            }
+    }
+}
+
+/// Labels to store in a flat tar's index: one per record, in record order.
+#[derive(Debug)]
+pub(crate) struct Labelling<'a> {
+    pub sources: &'a LabelSources,
+    pub labels: &'a [u32],
+    pub classes: &'a [String],
+    pub unused: u64,
+}
+
+#[cfg(unix)]
+fn path_bytes(p: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+#[cfg(not(unix))]
+fn path_bytes(p: &Path) -> Vec<u8> {
+    p.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(unix)]
+fn bytes_to_path(b: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(b)))
+}
+
+#[cfg(not(unix))]
+fn bytes_to_path(b: &[u8]) -> Option<PathBuf> {
+    std::str::from_utf8(b).ok().map(PathBuf::from)
+}
+
+/// The label-sources section: the labels file's stamp, then the synset list's (path length 0: none).
+/// A stamp is u64 size, u32 CRC-32, u32 path length, path bytes.
+fn encode_sources(s: &LabelSources) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stamp = |st: Option<&FileStamp>| {
+        let path = st.map(|s| path_bytes(&s.path)).unwrap_or_default();
+        out.extend_from_slice(&st.map_or(0, |s| s.size).to_le_bytes());
+        out.extend_from_slice(&st.map_or(0, |s| s.crc).to_le_bytes());
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(&path);
+    };
+    stamp(Some(&s.labels));
+    stamp(s.synsets.as_ref());
+    out
+}
+
+fn decode_sources(b: &[u8]) -> std::result::Result<LabelSources, String> {
+    let mut at = 0;
+    let mut stamp = || -> std::result::Result<Option<FileStamp>, String> {
+        let short = || "label sources section cut short".to_owned();
+        let head = b.get(at..at + 16).ok_or_else(short)?;
+        let (size, crc, len) = (u64_at(head, 0), u32_at(head, 8), u32_at(head, 12));
+        if len > MAX_SOURCE_PATH {
+            return Err(format!("label source path of {len} bytes"));
+        }
+        let path = b.get(at + 16..at + 16 + len as usize).ok_or_else(short)?;
+        at += 16 + len as usize;
+        if len == 0 {
+            return Ok(None);
+        }
+        let path = bytes_to_path(path).ok_or("label source path is not UTF-8")?;
+        Ok(Some(FileStamp { path, size, crc }))
+    };
+    let labels = stamp()?.ok_or("labelled, but no labels file is recorded")?;
+    let synsets = stamp()?;
+    if at != b.len() {
+        return Err(format!("{} bytes after the label sources", b.len() - at));
+    }
+    Ok(LabelSources { labels, synsets })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -96,8 +223,6 @@ fn skipped_slots(s: &Skipped) -> [u64; SKIP_SLOTS] {
         s.absolute,
         s.dotdot,
         s.other,
-        0,
-        0,
     ]
 }
 
@@ -161,8 +286,14 @@ fn headers_crc(tar: &TarFile, count: usize, offset: impl Fn(usize) -> u64) -> st
     Ok(h.finalize())
 }
 
-/// Serialises `built` for `tar` (its size, mtime and content fingerprint).
-fn encode(built: &Built, tar: &TarFile, path: &Path) -> Result<Vec<u8>> {
+/// Serialises `built` for `tar` (its size, mtime and content fingerprint), with `labelling` for a flat
+/// tar whose labels are known.
+fn encode(
+    built: &Built,
+    tar: &TarFile,
+    path: &Path,
+    labelling: Option<&Labelling<'_>>,
+) -> Result<Vec<u8>> {
     let too_big = |what: &str| Error::Index {
         path: path.to_owned(),
         reason: format!("too many {what} for format v{VERSION}"),
@@ -183,14 +314,27 @@ fn encode(built: &Built, tar: &TarFile, path: &Path) -> Result<Vec<u8>> {
         strings.push_str(s);
         (at, s.len())
     };
-    let class_refs: Vec<(usize, usize)> = built.classes.iter().map(|c| refs(c)).collect();
+    let classes = labelling.map_or(built.classes.as_slice(), |l| l.classes);
+    let class_refs: Vec<(usize, usize)> = classes.iter().map(|c| refs(c)).collect();
     let group_refs: Vec<(usize, usize)> = built.groups.iter().map(|g| refs(g)).collect();
     if strings.len() > u32::MAX as usize {
         return Err(too_big("name bytes"));
     }
     let n = built.records.len();
-    let total =
-        HEADER + n * RECORD + (class_refs.len() + group_refs.len()) * STR_REF + strings.len();
+    let sources = labelling
+        .map(|l| encode_sources(l.sources))
+        .unwrap_or_default();
+    if labelling.is_some_and(|l| l.labels.len() != n) {
+        return Err(Error::Index {
+            path: path.to_owned(),
+            reason: "one label per record expected".into(),
+        });
+    }
+    let total = HEADER
+        + n * RECORD
+        + (class_refs.len() + group_refs.len()) * STR_REF
+        + strings.len()
+        + sources.len();
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -213,15 +357,23 @@ fn encode(built: &Built, tar: &TarFile, path: &Path) -> Result<Vec<u8>> {
     for v in skipped_slots(&built.skipped) {
         out.extend_from_slice(&v.to_le_bytes());
     }
-    out.extend_from_slice(&0u32.to_le_bytes()); // flags
+    out.extend_from_slice(&(sources.len() as u64).to_le_bytes());
+    out.extend_from_slice(&labelling.map_or(0, |l| l.unused).to_le_bytes());
+    let flags = if labelling.is_some() {
+        FLAG_LABELLED
+    } else {
+        0
+    };
+    out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&edges.to_le_bytes());
     out.extend_from_slice(&headers.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // checksum, filled below
     debug_assert_eq!(out.len(), HEADER);
-    for r in &built.records {
+    for (i, r) in built.records.iter().enumerate() {
+        let label = labelling.map_or(r.label, |l| l.labels[i]);
         out.extend_from_slice(&r.offset.to_le_bytes());
         out.extend_from_slice(&r.len.to_le_bytes());
-        out.extend_from_slice(&r.label.to_le_bytes());
+        out.extend_from_slice(&label.to_le_bytes());
         out.extend_from_slice(&r.group.to_le_bytes());
         out.extend_from_slice(&(r.name_start as u32).to_le_bytes());
         out.extend_from_slice(&((r.name_end - r.name_start) as u32).to_le_bytes());
@@ -231,6 +383,8 @@ fn encode(built: &Built, tar: &TarFile, path: &Path) -> Result<Vec<u8>> {
         out.extend_from_slice(&(*len as u32).to_le_bytes());
     }
     out.extend_from_slice(strings.as_bytes());
+    out.extend_from_slice(&sources);
+    debug_assert_eq!(out.len(), total);
     let crc = checksum(&out);
     out[CRC_AT..HEADER].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -258,7 +412,8 @@ impl IndexData {
         if version < VERSION {
             return Err(format!(
                 "format version {version}, older than this build's {VERSION}: version 1 trusted an index \
-                 on the tar's size and mtime alone; version 2 also binds it to the tar's content"
+                 on the tar's size and mtime alone (version 2 binds it to the tar's content); version 3 also \
+                 keeps a flat tar's labels"
             ));
         } else if version != VERSION {
             return Err(format!(
@@ -269,10 +424,12 @@ impl IndexData {
         let class_count = u32_at(b, 40) as u64;
         let group_count = u32_at(b, 44) as u64;
         let strings_len = u64_at(b, 48);
+        let sources_len = u64_at(b, LABEL_SOURCES_AT);
         let expected = count
             .checked_mul(RECORD as u64)
             .and_then(|r| r.checked_add((class_count + group_count) * STR_REF as u64))
             .and_then(|r| r.checked_add(strings_len))
+            .and_then(|r| r.checked_add(sources_len))
             .and_then(|r| r.checked_add(HEADER as u64));
         if expected != Some(b.len() as u64) {
             return Err(format!(
@@ -297,6 +454,17 @@ impl IndexData {
                  modified at {tar_mtime} ns"
             ));
         }
+        let flags = u32_at(b, FLAGS_AT);
+        let labelled = flags == FLAG_LABELLED;
+        if flags & !FLAG_LABELLED != 0 || (labelled && kind != Kind::Flat) {
+            return Err(format!(
+                "unknown flags {flags:#x} for layout {}",
+                kind as u32
+            ));
+        }
+        if labelled != (sources_len > 0) {
+            return Err("labels flag and label sources section disagree".into());
+        }
         let mut slots = [0u64; SKIP_SLOTS];
         for (i, s) in slots.iter_mut().enumerate() {
             *s = u64_at(b, 64 + 8 * i);
@@ -305,8 +473,14 @@ impl IndexData {
         let classes_at = HEADER + count * RECORD;
         let groups_at = classes_at + class_count as usize * STR_REF;
         let strings_at = groups_at + group_count as usize * STR_REF;
-        let strings = std::str::from_utf8(&b[strings_at..])
+        let sources_at = strings_at + strings_len as usize;
+        let strings = std::str::from_utf8(&b[strings_at..sources_at])
             .map_err(|e| format!("names are not UTF-8: {e}"))?;
+        let label_sources = if labelled {
+            Some(decode_sources(&b[sources_at..])?)
+        } else {
+            None
+        };
         let str_ok = |at: u32, len: u32| {
             let end = at as u64 + len as u64;
             end <= strings.len() as u64
@@ -331,6 +505,12 @@ impl IndexData {
             strings_at,
             skipped: skipped_from(slots),
             members: u64_at(b, 56),
+            label_sources,
+            unused_labels: if labelled {
+                u64_at(b, UNUSED_LABELS_AT)
+            } else {
+                0
+            },
             bytes: Bytes::Owned(Vec::new()),
         };
         for i in 0..count {
@@ -347,6 +527,7 @@ impl IndexData {
             }
             let label_ok = match kind {
                 Kind::ClassFolders | Kind::TarOfTars => (r.label as usize) < index.class_count,
+                Kind::Flat if labelled => (r.label as usize) < index.class_count,
                 Kind::Flat => r.label == NONE,
                 Kind::Webdataset => r.label < MAX_CLASSES,
             };
@@ -433,6 +614,47 @@ impl IndexData {
         (0..self.class_count)
             .map(|i| self.str_ref(self.classes_at + i * STR_REF).to_owned())
             .collect()
+    }
+
+    /// Whether the records carry labels (a flat tar labelled when indexed).
+    pub(crate) fn labelled(&self) -> bool {
+        self.label_sources.is_some()
+    }
+
+    /// The index contents back as built, labels of a flat tar dropped: to store other labels.
+    fn to_built(&self) -> Built {
+        let mut built = Built {
+            kind: Some(self.kind),
+            classes: if self.kind == Kind::Flat {
+                Vec::new()
+            } else {
+                self.classes()
+            },
+            groups: (0..self.group_count as u32)
+                .map(|g| self.group(g).to_owned())
+                .collect(),
+            skipped: self.skipped,
+            members: self.members,
+            ..Built::default()
+        };
+        for i in 0..self.count {
+            let r = self.record(i);
+            let name_start = built.names.len();
+            built.names.push_str(self.name(&r));
+            built.records.push(build::Rec {
+                offset: r.offset,
+                len: r.len,
+                label: if self.kind == Kind::Flat {
+                    NONE
+                } else {
+                    r.label
+                },
+                group: r.group,
+                name_start,
+                name_end: built.names.len(),
+            });
+        }
+        built
     }
 
     /// Name of inner tar `g`.
@@ -526,7 +748,7 @@ pub(crate) fn obtain(
     if opts.index != IndexPolicy::Rebuild {
         for path in &candidates {
             match load(path, tar_file) {
-                Ok(Some(index)) if index.kind.fits(mode) => {
+                Ok(Some(index)) if index.kind.fits(mode, index.labelled()) => {
                     report.indexes_loaded += 1;
                     report.index_files.push(path.to_path_buf());
                     return Ok(index);
@@ -543,7 +765,7 @@ pub(crate) fn obtain(
         }
     }
     let built = build::build(tar_file, mode)?;
-    let bytes = encode(&built, tar_file, &sidecar)?;
+    let bytes = encode(&built, tar_file, &sidecar, None)?;
     // The scan read the tar piecewise: were it rewritten meanwhile, the index could mix two versions.
     if !tar_file.unchanged()? {
         return Err(Error::Archive {
@@ -558,9 +780,39 @@ pub(crate) fn obtain(
     report.members_scanned += built.members;
     report.indexes_built += 1;
     drop(built);
+    save(tar_file, &bytes, opts, report, "built in memory");
+    IndexData::parse(Bytes::Owned(bytes), size, mtime).map_err(|reason| Error::Index {
+        path: sidecar,
+        reason: format!("freshly built index rejected: {reason}"),
+    })
+}
+
+/// Stores `labelling` in the index of the flat tar `tar_file` (`index`, loaded or built): the sidecar is
+/// rewritten (unless the policy is read-only), the tar is not scanned again.
+pub(crate) fn store_labels(
+    tar_file: &TarFile,
+    index: &IndexData,
+    labelling: &Labelling<'_>,
+    opts: &OpenOptions,
+    report: &mut OpenReport,
+) -> Result<()> {
+    let sidecar = sidecar_path(&tar_file.path);
+    let bytes = encode(&index.to_built(), tar_file, &sidecar, Some(labelling))?;
+    save(tar_file, &bytes, opts, report, "labels kept in memory");
+    Ok(())
+}
+
+/// Writes index `bytes` beside the tar, else in the cache folder, as `opts.index` allows; notes where.
+fn save(tar_file: &TarFile, bytes: &[u8], opts: &OpenOptions, report: &mut OpenReport, what: &str) {
+    let tar = tar_file.path.as_path();
+    let sidecar = sidecar_path(tar);
+    let cache = cache_path(tar, opts);
+    let candidates: Vec<&Path> = std::iter::once(sidecar.as_path())
+        .chain(cache.as_deref())
+        .collect();
     if opts.index == IndexPolicy::ReadOnly {
         report.notes.push(format!(
-            "index of {} built in memory (read-only policy: nothing written)",
+            "index of {} {what} (read-only policy: nothing written)",
             tar.display()
         ));
     } else {
@@ -569,9 +821,11 @@ pub(crate) fn obtain(
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            match crate::atomic::write_file(path, &bytes) {
+            match crate::atomic::write_file(path, bytes) {
                 Ok(()) => {
-                    report.index_files.push(path.to_path_buf());
+                    if !report.index_files.iter().any(|f| f == path) {
+                        report.index_files.push(path.to_path_buf());
+                    }
                     saved = true;
                     break;
                 }
@@ -586,8 +840,4 @@ pub(crate) fn obtain(
                 .push(format!("index of {} kept in memory only", tar.display()));
         }
     }
-    IndexData::parse(Bytes::Owned(bytes), size, mtime).map_err(|reason| Error::Index {
-        path: sidecar,
-        reason: format!("freshly built index rejected: {reason}"),
-    })
 }

@@ -9,7 +9,7 @@
 //! | folder of `*.tar` files (no sub-folders) | webdataset shards (`key.jpg` + `key.cls`) | `.cls` members |
 //! | tar of class folders (`n01440764/x.JPEG`, maybe under `./` or one top folder) | tar class folders | sorted folder names |
 //! | tar of per-class tars (`ILSVRC2012_img_train.tar`) | tar of tars | sorted inner tar names |
-//! | tar + [`OpenOptions::labels`] (`ILSVRC2012_img_val.tar`) | flat tar | the labels file |
+//! | tar + [`OpenOptions::labels`] (`ILSVRC2012_img_val.tar`) | flat tar | the labels file, then its index |
 //! | a tar with `.cls` members | one webdataset shard | `.cls` members |
 //!
 //! Samples are ordered by label, then like `sorted(os.walk(class_dir))` orders a class folder: by the
@@ -23,7 +23,9 @@
 //! skipped everywhere; torchvision would list them and then fail to decode them.
 //!
 //! Tars are read in place with positioned reads and never extracted; each tar gets an index sidecar
-//! (`train.tar.idx`, see `INDEX_FORMAT.md` beside this file) so a second open reads no tar header. A tar
+//! (`train.tar.idx`, see `INDEX_FORMAT.md` beside this file) so a second open reads no tar header. A flat
+//! tar's index also keeps its labels and the size and CRC-32 of the files they came from: later opens need
+//! no labels file, and a changed labels file (given, or the recorded one) makes the labels be read again. A tar
 //! truncated while open gives errors naming the member, never a crash; a path that should be a file but
 //! is a FIFO, socket or device is refused before it is opened.
 //!
@@ -96,6 +98,9 @@ pub struct OpenOptions {
     /// line first (`LOC_synset_mapping.txt`: id = line number). When given, the classes are its sorted
     /// synsets and every label must be one of them. Required with `ILSVRC2012_validation_ground_truth.txt`.
     pub synsets: Option<PathBuf>,
+    /// Use [`labels`](Self::labels) only if the dataset turns out flat: a tar or folder of class folders
+    /// keeps the labels its folders give. For labels files found beside a split rather than asked for.
+    pub labels_if_flat: bool,
     /// What to do with index sidecars.
     pub index: IndexPolicy,
     /// Where indexes go when the tar's folder is not writable. Default: `$XDG_CACHE_HOME/imgtoolkit/index`,
@@ -211,6 +216,12 @@ pub struct OpenReport {
     /// What the caller should pass on to the user although the open succeeded, one line each (such as
     /// unused label rows).
     pub warnings: Vec<String>,
+    /// The labels file of a flat dataset: the one given, or the one a tar's index recorded its labels from.
+    pub labels_file: Option<PathBuf>,
+    /// The synset list used with [`labels_file`](Self::labels_file), if any.
+    pub synsets_file: Option<PathBuf>,
+    /// Whether a flat tar's labels were those kept in its index (the labels files were not parsed).
+    pub labels_from_index: bool,
 }
 
 /// Open the dataset at `path`, autodetecting its layout (see the module docs).
@@ -223,7 +234,10 @@ pub fn open_with_report(path: &Path, opts: &OpenOptions) -> Result<(Arc<dyn Sour
     let mut report = OpenReport::default();
     let meta = std::fs::metadata(path).map_err(io_err(path))?;
     let source: Arc<dyn Source> = if meta.is_dir() {
-        if opts.labels.is_some() {
+        let flat = opts.labels.is_some()
+            && (!opts.labels_if_flat
+                || (!folder::has_class_dirs(path)? && folder::has_top_images(path)?));
+        if flat {
             Arc::new(folder::FolderSource::open_flat(path, opts, &mut report)?)
         } else if folder::has_class_dirs(path)? {
             Arc::new(folder::FolderSource::open_classes(path, &mut report)?)
