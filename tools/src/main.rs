@@ -75,6 +75,49 @@ enum Command {
     ///
     /// Example: imgtool bench demo-data/train.tar --pipeline train --threads 2
     Bench(BenchArgs),
+    /// Chart imgtrain runs: loss, top-1, top-5, learning rate and images/s per epoch, from each run
+    /// folder's metrics.jsonl (or summary.csv, timm's too); several runs on one chart.
+    ///
+    /// Example: imgtool plot runs/a runs/b --out runs.png
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PlotArgs {
+    /// Run folders: imgtrain's --output_dir.
+    #[arg(required = true, value_name = "RUN_DIR")]
+    dirs: Vec<PathBuf>,
+    /// The chart: FILE.png or FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Width in pixels.
+    #[arg(long, default_value_t = 1500)]
+    width: u32,
+    /// Height in pixels.
+    #[arg(long, default_value_t = 900)]
+    height: u32,
+}
+
+fn plot(args: PlotArgs) -> anyhow::Result<()> {
+    if args.width < 600 || args.height < 400 {
+        anyhow::bail!(
+            "--width {} --height {}: at least 600 x 400 pixels, to fit six panels",
+            args.width,
+            args.height
+        );
+    }
+    let size = imgtool::plot::Size {
+        width: args.width,
+        height: args.height,
+    };
+    let runs = imgtool::plot::plot(&args.dirs, &args.out, size)?;
+    let epochs: usize = runs.iter().map(|r| r.epochs.len()).sum();
+    outln!(
+        "{}: {} run(s), {epochs} epoch(s)",
+        args.out.display(),
+        runs.len()
+    );
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -677,6 +720,7 @@ fn main() -> ExitCode {
         Command::Shard(a) => shard::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Plot(a) => plot(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

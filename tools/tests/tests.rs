@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod hostile;
 mod index;
+mod plot;
 mod shard;
 mod stats;
 mod util;

@@ -11,7 +11,8 @@ use crate::bridge::{self, DEVICE_TYPE_CUDA};
 use crate::error::{Result, TorchContext, TrainError};
 
 /// Mixed-precision mode of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Amp {
     /// Everything in fp32.
     Off,

@@ -318,8 +318,8 @@ impl TrainConfig {
 }
 
 /// A run with every default resolved: what [`crate::train::run`] and the [`crate::trainer::Trainer`]
-/// follow.
-#[derive(Debug, Clone)]
+/// follow. Serialised into `run.json` ([`crate::run_info`]).
+#[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub device: DeviceInfo,
     pub arch: String,
@@ -337,8 +337,13 @@ pub struct Plan {
     pub print_freq: usize,
     pub crop_size: u32,
     pub val_resize: u32,
+    #[serde(serialize_with = "display")]
     pub jpeg: JpegBackend,
     pub output_dir: PathBuf,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }
 
 impl Plan {

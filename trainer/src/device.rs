@@ -34,9 +34,10 @@ pub enum DeviceError {
 }
 
 /// What a run will compute on, and what the machine offers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct DeviceInfo {
     /// The chosen device.
+    #[serde(serialize_with = "device_name")]
     pub device: Device,
     /// CUDA devices libtorch sees.
     pub cuda_devices: usize,
@@ -44,6 +45,14 @@ pub struct DeviceInfo {
     pub cudnn: bool,
     /// Intra-op CPU threads libtorch uses.
     pub cpu_threads: i32,
+}
+
+/// `cpu` or `cuda:N`, as PyTorch writes devices.
+pub fn device_name<S: serde::Serializer>(d: &Device, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Device::Cuda(i) => s.serialize_str(&format!("cuda:{i}")),
+        other => s.serialize_str(&format!("{other:?}").to_lowercase()),
+    }
 }
 
 /// Picks the device like pytorch/examples' `main.py`: `--gpu N` pins GPU N, otherwise GPU 0 when CUDA is

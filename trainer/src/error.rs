@@ -50,6 +50,14 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A run record in the output folder (`metrics.jsonl`, `summary.csv`, `run.json`) cannot be read or
+    /// written.
+    #[error("run record {}", path.display())]
+    RunRecord {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A checkpoint cannot be read, is not ours, or does not fit the model.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },

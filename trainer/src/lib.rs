@@ -6,7 +6,8 @@
 //!
 //! The pieces, in the order a run meets them: [`config`] (the command line, resolved once into a
 //! [`config::Plan`]), [`data`] (where the splits are), [`feed`] (batches into tensors on the device),
-//! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`].
+//! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`], and the run's
+//! records in its output folder: [`metrics`] (`metrics.jsonl`, `summary.csv`) and [`run_info`] (`run.json`).
 
 pub mod amp;
 pub mod bridge;
@@ -17,8 +18,10 @@ pub mod device;
 pub mod error;
 pub mod feed;
 pub mod meter;
+pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod run_info;
 pub mod schedule;
 pub mod train;
 pub mod trainer;

@@ -247,6 +247,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     if !cfg.evaluate {
         prepare_output_dir(&plan.output_dir)?;
     }
+    let records = crate::run_info::start_records(cfg, &plan)?;
 
     println!(
         "imgtrain {}: libtorch {}, device {info}, amp {}, channels_last {}",
@@ -284,6 +285,9 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         println!("=> loading checkpoint '{}'", ck.path.display());
     }
     let mut trainer = Trainer::new(&plan, vs, model, checkpoint.as_ref())?;
+    if let Some(log) = records {
+        trainer.set_metrics(log);
+    }
     if let Some(ck) = &checkpoint {
         let r = &plan.recipe;
         println!(
@@ -357,6 +361,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         let v = trainer.validate(&val_feed, epoch)?;
         let is_best = v.acc1 > trainer.best_acc1;
         trainer.best_acc1 = trainer.best_acc1.max(v.acc1);
+        trainer.record_epoch(epoch, &t, &v)?;
         let meta = Meta {
             arch: plan.arch.clone(),
             classes: classes.clone(),

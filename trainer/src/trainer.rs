@@ -25,6 +25,7 @@ use crate::config::{Plan, Recipe};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::feed::{DeviceBatch, Feed, Hold};
 use crate::meter::{AverageMeter, Fmt, progress_line};
+use crate::metrics::{EpochRecord, MetricsLog, Progress, Record};
 use crate::models::Model;
 use crate::optim::Sgd;
 use crate::schedule::Schedule;
@@ -135,11 +136,23 @@ struct StepStats {
 pub struct EpochStats {
     pub images: u64,
     pub seconds: f64,
+    /// Averages over the epoch's samples: loss, top-1 and top-5 (percent), as the last progress line.
+    pub loss: f64,
+    pub acc1: f64,
+    pub acc5: f64,
+    /// Share of the epoch's time spent waiting for batches (0-1).
+    pub data_wait: f64,
+    /// Bad samples replaced by others.
+    pub bad_samples: usize,
+    /// The learning rate of the epoch's last step.
+    pub lr: f64,
 }
 
 /// What a validation pass found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValStats {
+    /// The mean loss over `images`.
+    pub loss: f64,
     /// Top-1 and top-5 in percent, over `images`.
     pub acc1: f64,
     pub acc5: f64,
@@ -171,6 +184,43 @@ pub struct Trainer {
     pub best_acc1: f64,
     /// The learning rate of the last step taken.
     pub lr: f64,
+    /// Where progress records go (`metrics.jsonl`), when the run keeps them.
+    metrics: Option<MetricsLog>,
+}
+
+/// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
+/// done and bad samples met so far.
+struct EpochClock {
+    start: Instant,
+    waited: Duration,
+    images: u64,
+    bad: usize,
+}
+
+impl EpochClock {
+    fn progress(
+        &self,
+        m: &Meters,
+        (epoch, step, steps): (u64, usize, usize),
+        global_step: u64,
+        lr: f64,
+        train: bool,
+    ) -> Progress {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        Progress {
+            epoch,
+            step,
+            steps,
+            global_step,
+            lr,
+            loss: m.loss.avg(),
+            top1: m.top1.avg(),
+            top5: m.top5.avg(),
+            images_per_sec: self.images as f64 / secs,
+            data_wait: train.then(|| self.waited.as_secs_f64() / secs),
+            bad_samples: self.bad,
+        }
+    }
 }
 
 /// Runs `f`, turning a libtorch error that tch reports by panicking into an error naming `what`.
@@ -259,7 +309,23 @@ impl Trainer {
             global_step,
             best_acc1,
             lr,
+            metrics: None,
         })
+    }
+
+    /// Sends progress records to `log` (and epoch records, through [`Trainer::metrics`]) from now on.
+    pub fn set_metrics(&mut self, log: MetricsLog) {
+        self.metrics = Some(log);
+    }
+
+    /// Records a finished epoch in the metrics files, if the run keeps them: before its checkpoint, so
+    /// that no epoch goes missing (a resume drops rows past its checkpoint).
+    pub fn record_epoch(&mut self, epoch: u64, t: &EpochStats, v: &ValStats) -> Result<()> {
+        let global_step = self.global_step;
+        match &mut self.metrics {
+            Some(log) => log.epoch(EpochRecord::new(epoch, global_step, t, v)),
+            None => Ok(()),
+        }
     }
 
     /// The model's variables.
@@ -408,13 +474,20 @@ impl Trainer {
         prefix: &str,
         steps: usize,
         global_step: u64,
+        clock: &mut EpochClock,
     ) -> Result<u64> {
         let epoch = rb.epoch;
         let (host, n, k) = rb.read()?;
         let stats = check_loss(&host, epoch, k, global_step)?;
         m.record(n, &stats);
+        clock.images += n as u64;
         if k % self.print_freq == 0 {
             println!("{}", m.line(prefix, k + 1, steps));
+            if let Some(log) = &self.metrics {
+                let lr = self.schedule.lr(epoch, k, steps);
+                let p = clock.progress(m, (epoch, k + 1, steps), global_step + 1, lr, true);
+                log.record(&Record::Train(p))?;
+            }
         }
         Ok(n as u64)
     }
@@ -434,8 +507,12 @@ impl Trainer {
         let steps = feed.batches_per_epoch();
         let mut m = Meters::new(true);
         let mut batches = feed.epoch(epoch);
-        let start = Instant::now();
-        let mut waited = Duration::ZERO;
+        let mut clock = EpochClock {
+            start: Instant::now(),
+            waited: Duration::ZERO,
+            images: 0,
+            bad: 0,
+        };
         let mut images = 0u64;
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
@@ -458,8 +535,9 @@ impl Trainer {
                 println!("=> bad sample replaced: {bad}");
             }
             reported = batches.bad.len();
+            clock.bad = reported;
             let wait = m.end.elapsed();
-            waited += wait;
+            clock.waited += wait;
             if let Some(d) = &mut m.data {
                 d.update(wait.as_secs_f64(), 1.0);
             }
@@ -478,15 +556,16 @@ impl Trainer {
                 pending.take()
             };
             if let Some((p, g)) = ready {
-                images += self.finish_step(p, &mut m, &prefix, steps, g)?;
+                images += self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
                 steps_done += 1;
             }
         }
         if let Some((p, g)) = pending.take() {
-            images += self.finish_step(p, &mut m, &prefix, steps, g)?;
+            images += self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
             steps_done += 1;
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = clock.start.elapsed().as_secs_f64();
+        let waited = clock.waited;
         let mut line = format!(
             "Epoch: [{epoch}] done: {images} images in {seconds:.1} s, {:.1} images/s, {:.1}% of the \
              time waiting for data, lr {:.4e}",
@@ -516,7 +595,16 @@ impl Trainer {
             );
         }
         println!("{line}");
-        Ok(EpochStats { images, seconds })
+        Ok(EpochStats {
+            images,
+            seconds,
+            loss: m.loss.avg(),
+            acc1: m.top1.avg(),
+            acc5: m.top5.avg(),
+            data_wait: waited.as_secs_f64() / seconds.max(1e-9),
+            bad_samples: batches.bad.len(),
+            lr: self.lr,
+        })
     }
 
     /// Evaluates on the val feed, every image at most once: a bad image is left out (never replaced by
@@ -528,7 +616,13 @@ impl Trainer {
         let mut images = 0u64;
         let _no_grad = tch::no_grad_guard();
         let mut pending: Option<Readback> = None;
-        let finish = |rb: Readback, m: &mut Meters| -> Result<u64> {
+        let mut clock = EpochClock {
+            start: Instant::now(),
+            waited: Duration::ZERO,
+            images: 0,
+            bad: 0,
+        };
+        let finish = |rb: Readback, m: &mut Meters, clock: &mut EpochClock| -> Result<u64> {
             let (host, n, k) = rb.read()?;
             let stats = StepStats {
                 loss: host[0],
@@ -536,8 +630,14 @@ impl Trainer {
                 correct5: host[2],
             };
             m.record(n, &stats);
+            clock.images += n as u64;
             if k % self.print_freq == 0 {
                 println!("{}", m.line("Test: ", k + 1, steps));
+                if let Some(log) = &self.metrics {
+                    let p =
+                        clock.progress(m, (epoch, k + 1, steps), self.global_step, self.lr, false);
+                    log.record(&Record::Val(p))?;
+                }
             }
             Ok(n as u64)
         };
@@ -550,6 +650,7 @@ impl Trainer {
                 || self.forward_loss(&batch, false),
             )?;
             let rb = self.queue_stats(&logits, batch, &loss, None, (epoch, k))?;
+            clock.bad = batches.bad.len();
             let previous = pending.replace(rb);
             let ready = if self.cuda.is_some() {
                 previous
@@ -557,11 +658,11 @@ impl Trainer {
                 pending.take()
             };
             if let Some(p) = ready {
-                images += finish(p, &mut m)?;
+                images += finish(p, &mut m, &mut clock)?;
             }
         }
         if let Some(p) = pending.take() {
-            images += finish(p, &mut m)?;
+            images += finish(p, &mut m, &mut clock)?;
         }
         let (top1, top5) = (&m.top1, &m.top5);
         let expected = feed.samples_per_epoch() as u64;
@@ -580,6 +681,7 @@ impl Trainer {
             );
         }
         Ok(ValStats {
+            loss: m.loss.avg(),
             acc1: top1.avg(),
             acc5: top5.avg(),
             images,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod layouts;
+mod metrics;
 mod models;
 mod support;
 mod train;

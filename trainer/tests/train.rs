@@ -38,7 +38,7 @@ pub(crate) struct Runs {
     _dir: tempfile::TempDir,
     pub(crate) straight: PathBuf,
     pub(crate) first_epoch: PathBuf,
-    straight_stdout: String,
+    pub(crate) straight_stdout: String,
 }
 
 pub(crate) fn runs() -> &'static Runs {
@@ -87,7 +87,7 @@ pub(crate) const SMALL: &[&str] = &[
     "1",
 ];
 
-fn train(out_dir: &Path, extra: &[&str]) -> Output {
+pub(crate) fn train(out_dir: &Path, extra: &[&str]) -> Output {
     let out = imgtrain()
         .arg(dataset())
         .args(SMALL)
