@@ -23,19 +23,17 @@ pub(crate) fn dataset_config() -> imgfixtures::SynthConfig {
 }
 
 pub(crate) fn dataset() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        imgfixtures::write_dataset(&dataset_config(), dir.path()).unwrap();
+        let dir = crate::support::shared_dir("dataset");
+        imgfixtures::write_dataset(&dataset_config(), &dir).unwrap();
         dir
     })
-    .path()
 }
 
 /// Two finished training runs shared by several tests: one straight through 2 epochs, and one of 1 epoch
 /// that another test resumes.
 pub(crate) struct Runs {
-    _dir: tempfile::TempDir,
     pub(crate) straight: PathBuf,
     pub(crate) first_epoch: PathBuf,
     pub(crate) straight_stdout: String,
@@ -44,15 +42,14 @@ pub(crate) struct Runs {
 pub(crate) fn runs() -> &'static Runs {
     static RUNS: OnceLock<Runs> = OnceLock::new();
     RUNS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let straight = dir.path().join("straight");
-        let first_epoch = dir.path().join("first");
+        let dir = crate::support::shared_dir("runs");
+        let straight = dir.join("straight");
+        let first_epoch = dir.join("first");
         let out = train(&straight, &["--epochs", "2"]);
         let straight_stdout = stdout(&out);
         let out1 = train(&first_epoch, &["--epochs", "1"]);
         assert!(out1.status.success(), "{}", stderr(&out1));
         Runs {
-            _dir: dir,
             straight,
             first_epoch,
             straight_stdout,
