@@ -8,7 +8,8 @@
 #   3. Otherwise: PyPI's torch==2.11.0 (+ the CUDA headers the c10d/NCCL shim needs) in a per-user cache
 #      outside the checkout, keyed by version, shared by every clone and CI run of this machine.
 #
-# It also makes sure Debian's libgloo-dev (headers for the CPU distributed backend) is present, and cmake
+# It also makes sure Debian's libgloo-dev (headers for the CPU distributed backend) is present, a C++ compiler
+# (the trainer's bridge to libtorch), and cmake
 # and NASM, which build the bundled libjpeg-turbo (the binaries' default `turbojpeg` feature).
 
 IMG_TORCH_VERSION="2.11.0"
@@ -46,6 +47,19 @@ _img_ensure_gloo() {
         _img_say "note: libgloo-dev is not installed (run: sudo apt-get install libgloo-dev)"
     fi
     return 0
+}
+
+_img_ensure_cxx() {
+    # The trainer's C++ bridge to libtorch (trainer/cpp/bridge.cpp) needs a C++17 compiler.
+    command -v c++ >/dev/null && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        _img_say "installing Debian's g++ (it compiles the trainer's C++ bridge to libtorch)"
+        { apt-get install -y -q g++ >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q g++ >/dev/null 2>&1; }; } ||
+            { _img_die "could not install g++ with apt-get"; return 1; }
+    else
+        _img_die "a C++ compiler is needed for the trainer's bridge to libtorch (e.g. sudo apt-get install g++)"
+    fi
 }
 
 _img_ensure_jpeg_tools() {
@@ -130,4 +144,4 @@ _img_ensure_libtorch() {
     export IMG_LIBTORCH_LIB="$lib"
 }
 
-_img_ensure_libtorch && _img_ensure_gloo && _img_ensure_jpeg_tools
+_img_ensure_libtorch && _img_ensure_gloo && _img_ensure_cxx && _img_ensure_jpeg_tools
