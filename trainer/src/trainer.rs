@@ -63,6 +63,37 @@ impl Readback {
     }
 }
 
+/// Steps whose numbers are on their way to the host: on CUDA a step's are read after the next step is
+/// queued (the host never waits for the step it just queued), on the CPU at once.
+struct Lagged<T> {
+    late: bool,
+    pending: Option<T>,
+}
+
+impl<T> Lagged<T> {
+    fn new(late: bool) -> Self {
+        Lagged {
+            late,
+            pending: None,
+        }
+    }
+
+    /// Takes a just-queued step; returns the one to read now, if any.
+    fn push(&mut self, queued: T) -> Option<T> {
+        let previous = self.pending.replace(queued);
+        if self.late {
+            previous
+        } else {
+            self.pending.take()
+        }
+    }
+
+    /// The step still waiting, at the end of the loop.
+    fn take(&mut self) -> Option<T> {
+        self.pending.take()
+    }
+}
+
 /// The meters of a loop, printed as `main.py`'s `ProgressMeter` does.
 struct Meters {
     time: AverageMeter,
@@ -475,7 +506,7 @@ impl Trainer {
         steps: usize,
         global_step: u64,
         clock: &mut EpochClock,
-    ) -> Result<u64> {
+    ) -> Result<()> {
         let epoch = rb.epoch;
         let (host, n, k) = rb.read()?;
         let stats = check_loss(&host, epoch, k, global_step)?;
@@ -489,7 +520,7 @@ impl Trainer {
                 log.record(&Record::Train(p))?;
             }
         }
-        Ok(n as u64)
+        Ok(())
     }
 
     /// One epoch of training. `last_good` is named in the error if the loss stops being finite.
@@ -513,15 +544,14 @@ impl Trainer {
             images: 0,
             bad: 0,
         };
-        let mut images = 0u64;
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
         // libtorch's own count of synchronising calls on this thread (CUDA builds with the headers only).
         let syncs = self.cuda.as_ref().and_then(|_| SyncCounter::start().ok());
         let syncs_before = syncs.as_ref().and_then(|c| c.count().ok());
         let mut steps_done = 0u64;
-        // The step whose numbers are on their way to the host (CUDA: read one step late).
-        let mut pending: Option<(Readback, u64)> = None;
+        // With the global step each one started from.
+        let mut pending: Lagged<(Readback, u64)> = Lagged::new(self.cuda.is_some());
         for k in 0..steps {
             let Some(batch) = batches.next_batch()? else {
                 break;
@@ -541,29 +571,23 @@ impl Trainer {
             if let Some(d) = &mut m.data {
                 d.update(wait.as_secs_f64(), 1.0);
             }
-            if let Some(hold) = pending.as_mut().and_then(|(p, _)| p.hold.as_mut()) {
+            if let Some(hold) = pending.pending.as_mut().and_then(|(p, _)| p.hold.as_mut()) {
                 // The previous batch's memory goes back to the loader as soon as its copies are done.
                 hold.try_release()?;
             }
             let lr = self.schedule.lr(epoch, k, steps);
             let step_before = self.global_step;
             let rb = self.step(batch, lr, epoch, k)?;
-            // This step is queued: read the previous one's numbers (on the CPU, this one's at once).
-            let previous = pending.replace((rb, step_before));
-            let ready = if self.cuda.is_some() {
-                previous
-            } else {
-                pending.take()
-            };
-            if let Some((p, g)) = ready {
-                images += self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
+            if let Some((p, g)) = pending.push((rb, step_before)) {
+                self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
                 steps_done += 1;
             }
         }
         if let Some((p, g)) = pending.take() {
-            images += self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
+            self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
             steps_done += 1;
         }
+        let images = clock.images;
         let seconds = clock.start.elapsed().as_secs_f64();
         let waited = clock.waited;
         let mut line = format!(
@@ -613,16 +637,15 @@ impl Trainer {
         let steps = feed.batches_per_epoch();
         let mut m = Meters::new(false);
         let mut batches = feed.epoch(epoch);
-        let mut images = 0u64;
         let _no_grad = tch::no_grad_guard();
-        let mut pending: Option<Readback> = None;
+        let mut pending = Lagged::new(self.cuda.is_some());
         let mut clock = EpochClock {
             start: Instant::now(),
             waited: Duration::ZERO,
             images: 0,
             bad: 0,
         };
-        let finish = |rb: Readback, m: &mut Meters, clock: &mut EpochClock| -> Result<u64> {
+        let finish = |rb: Readback, m: &mut Meters, clock: &mut EpochClock| -> Result<()> {
             let (host, n, k) = rb.read()?;
             let stats = StepStats {
                 loss: host[0],
@@ -639,7 +662,7 @@ impl Trainer {
                     log.record(&Record::Val(p))?;
                 }
             }
-            Ok(n as u64)
+            Ok(())
         };
         for k in 0..steps {
             let Some(batch) = batches.next_batch()? else {
@@ -651,19 +674,14 @@ impl Trainer {
             )?;
             let rb = self.queue_stats(&logits, batch, &loss, None, (epoch, k))?;
             clock.bad = batches.bad.len();
-            let previous = pending.replace(rb);
-            let ready = if self.cuda.is_some() {
-                previous
-            } else {
-                pending.take()
-            };
-            if let Some(p) = ready {
-                images += finish(p, &mut m, &mut clock)?;
+            if let Some(p) = pending.push(rb) {
+                finish(p, &mut m, &mut clock)?;
             }
         }
         if let Some(p) = pending.take() {
-            images += finish(p, &mut m, &mut clock)?;
+            finish(p, &mut m, &mut clock)?;
         }
+        let images = clock.images;
         let (top1, top5) = (&m.top1, &m.top5);
         let expected = feed.samples_per_epoch() as u64;
         let left_out = batches.bad;
