@@ -1,5 +1,7 @@
 //! Run a function over every sample of a source on a pool of our own, in order, with progress.
 
+use std::ops::Range;
+
 use anyhow::Context;
 use imgloader::Source;
 use imgloader::workers::Workers;
@@ -23,22 +25,36 @@ where
     anyhow::ensure!(threads > 0, "invalid threads: 0; at least 1");
     let workers = Workers::new(threads, task, || Ok(S::default()))
         .with_context(|| format!("starting {threads} threads"))?;
-    let n = source.len();
-    let progress = Progress::new(task, n as u64);
-    let mut out = Vec::with_capacity(n);
-    // Chunks keep the progress moving and the result order fixed; large enough to keep every thread busy.
-    let chunk = (threads * 64).max(256);
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
+    let mut out = Vec::with_capacity(source.len());
+    in_chunks(source.len(), threads, task, |range| {
         let part: Vec<T> = workers.install(|| {
-            (start..end)
+            range
                 .into_par_iter()
                 .map(|i| workers.with(|state| f(state, i)))
                 .collect::<imgloader::Result<_>>()
         })?;
         out.extend(part);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// `run(range)` over `0..n` in consecutive chunks, with a progress bar named `task` advanced after each.
+/// Chunks keep the progress moving and the result order fixed; they are large enough to keep `threads`
+/// busy.
+pub fn in_chunks(
+    n: usize,
+    threads: usize,
+    task: &'static str,
+    mut run: impl FnMut(Range<usize>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let progress = Progress::new(task, n as u64);
+    let chunk = (threads * 64).max(256);
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        run(start..end)?;
         progress.set(end as u64, 0);
     }
     progress.finish();
-    Ok(out)
+    Ok(())
 }

@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use crate::Labels;
 use crate::escape::Esc;
-use crate::progress::Progress;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -164,20 +163,15 @@ fn scan(args: &Args) -> anyhow::Result<Report> {
     let pool = DecodePool::new(source.clone(), args.threads, DecodeOptions::default())?;
     let n = source.len();
     let slots: Vec<OnceLock<Outcome>> = (0..n).map(|_| OnceLock::new()).collect();
-    let progress = Progress::new("verify", n as u64);
     let mut bytes = 0u64;
-    // Chunks keep the progress moving; large enough to keep every thread busy.
-    let chunk = (args.threads * 64).max(256);
-    for first in (0..n).step_by(chunk) {
-        let end = (first + chunk).min(n);
-        let indices: Vec<usize> = (first..end).collect();
+    crate::scan::in_chunks(n, args.threads, "verify", |range| {
+        let indices: Vec<usize> = range.collect();
         let summary = pool.visit(&indices, |i, outcome| {
             let _ = slots[i].set(check(&source.name(i), outcome));
         })?;
         bytes += summary.encoded_bytes;
-        progress.set(end as u64, 0);
-    }
-    progress.finish();
+        Ok(())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
 
     let (mut odd, mut bad) = (Vec::new(), Vec::new());
