@@ -383,3 +383,57 @@ impl Checkpoint {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            arch: "resnet18".into(),
+            classes: vec!["a".into(), "b".into()],
+            epoch: 1,
+            global_step: 3,
+            best_acc1: 50.0,
+            acc1: 50.0,
+            acc5: 100.0,
+            recipe: Recipe::default(),
+            lr: 0.1,
+            seed: 7,
+            scaler: None,
+            args: vec!["imgtrain".into()],
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_and_broken_metadata_is_named() {
+        let json = meta().to_json(0xdead_beef).unwrap();
+        assert_eq!(Meta::from_json(&json).unwrap(), (meta(), 0xdead_beef));
+        let edit = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+            let mut v: Value = serde_json::from_str(&json).unwrap();
+            f(v.as_object_mut().unwrap());
+            Meta::from_json(&v.to_string()).unwrap_err()
+        };
+        let e = edit(&|m| {
+            m.insert("version".into(), 1.into());
+        });
+        assert!(e.contains("version 1") && e.contains("--pretrained"), "{e}");
+        let e = edit(&|m| {
+            m.insert("version".into(), 99.into());
+        });
+        assert!(e.contains("version Some(99)"), "{e}");
+        let e = edit(&|m| {
+            m.remove("recipe");
+        });
+        assert!(e.contains("missing field `recipe`"), "{e}");
+        let e = edit(&|m| {
+            m.insert("crc32".into(), "xyz".into());
+        });
+        assert!(e.contains("crc32 is not hex"), "{e}");
+        let e = edit(&|m| {
+            m.insert("format".into(), "other".into());
+        });
+        assert!(e.contains("metadata format"), "{e}");
+        assert!(Meta::from_json("{").unwrap_err().contains("not JSON"));
+    }
+}
