@@ -17,6 +17,8 @@
 #include <c10/core/Stream.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
+
+#include "guard.h"
 #ifdef IMGTRAIN_BRIDGE_CUDA
 // Only for libtorch's sync debug mode (imgtrain_cuda_sync_count_start); needs cuda_runtime_api.h.
 #include <c10/cuda/CUDAFunctions.h>
@@ -46,38 +48,6 @@ TORCH_API int decrement_nesting();
 } // namespace at::autocast
 
 namespace {
-
-// Returned when the message itself cannot be allocated; never freed.
-char kOutOfMemory[] = "out of memory while reporting a C++ exception";
-
-char* copy_message(const char* what) noexcept {
-  if (what == nullptr) {
-    what = "unknown C++ exception";
-  }
-  const size_t len = std::strlen(what);
-  char* out = static_cast<char*>(std::malloc(len + 1));
-  if (out == nullptr) {
-    return kOutOfMemory;
-  }
-  std::memcpy(out, what, len + 1);
-  return out;
-}
-
-// Runs `f`, turning any exception into a message. c10::Error carries a C++ backtrace in what(); the
-// message without it is what a user can act on.
-template <typename F>
-char* guarded(F&& f) noexcept {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception");
-  }
-}
 
 // The device types autocast keeps state for and this bridge lets through: the tables in
 // autocast_mode.cpp are indexed by device type without a bounds check.
@@ -156,44 +126,42 @@ void check_cuda_stream(const imgtrain_stream* s) {
 extern "C" {
 
 void imgtrain_bridge_free_error(char* message) {
-  if (message != kOutOfMemory) {
-    std::free(message);
-  }
+  imgtrain::free_message(message);
 }
 
 // ---- autocast ----------------------------------------------------------------------------------------
 
 char* imgtrain_autocast_set_dtype(int8_t device_type, int8_t dtype) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     at::autocast::set_autocast_dtype(autocast_device(device_type), autocast_dtype(dtype));
   });
 }
 
 char* imgtrain_autocast_get_dtype(int8_t device_type, int8_t* out) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     *out = static_cast<int8_t>(at::autocast::get_autocast_dtype(autocast_device(device_type)));
   });
 }
 
 char* imgtrain_autocast_set_enabled(int8_t device_type, bool enabled) {
-  return guarded(
+  return imgtrain::guarded(
       [&] { at::autocast::set_autocast_enabled(autocast_device(device_type), enabled); });
 }
 
 char* imgtrain_autocast_is_enabled(int8_t device_type, bool* out) {
-  return guarded([&] { *out = at::autocast::is_autocast_enabled(autocast_device(device_type)); });
+  return imgtrain::guarded([&] { *out = at::autocast::is_autocast_enabled(autocast_device(device_type)); });
 }
 
 char* imgtrain_autocast_increment_nesting(int32_t* out) {
-  return guarded([&] { *out = at::autocast::increment_nesting(); });
+  return imgtrain::guarded([&] { *out = at::autocast::increment_nesting(); });
 }
 
 char* imgtrain_autocast_decrement_nesting(int32_t* out) {
-  return guarded([&] { *out = at::autocast::decrement_nesting(); });
+  return imgtrain::guarded([&] { *out = at::autocast::decrement_nesting(); });
 }
 
 char* imgtrain_autocast_clear_cache() {
-  return guarded([] { at::autocast::clear_cache(); });
+  return imgtrain::guarded([] { at::autocast::clear_cache(); });
 }
 
 // ---- SGD -----------------------------------------------------------------------------------------------
@@ -225,7 +193,7 @@ char* imgtrain_sgd_step(
     int32_t kernel,
     const at::Tensor* grad_scale,
     const at::Tensor* found_inf) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     c10::NoGradGuard no_grad;
     if ((grad_scale != nullptr || found_inf != nullptr) && kernel != kFused) {
       throw std::invalid_argument("grad_scale/found_inf need the fused SGD kernel");
@@ -349,7 +317,7 @@ char* imgtrain_sgd_step(
 // backward writes fresh gradients instead of adding into zeroed ones, and the optimizer skips a
 // parameter the loss did not reach.
 char* imgtrain_grads_set_to_none(const at::Tensor* const* params, size_t n) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     for (size_t i = 0; i < n; ++i) {
       params[i]->mutable_grad().reset();
     }
@@ -360,7 +328,7 @@ char* imgtrain_grads_set_to_none(const at::Tensor* const* params, size_t n) {
 // autograd identity stay: `set_data` swaps the storage under the same variable), as PyTorch's
 // `model.to(memory_format=torch.channels_last)` does. Other tensors are left as they are.
 char* imgtrain_channels_last_(const at::Tensor* const* tensors, size_t n) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     c10::AutoGradMode no_grad(false);
     for (size_t i = 0; i < n; ++i) {
       at::Tensor t = *tensors[i];
@@ -407,14 +375,14 @@ void stop_counting() {
 
 // A stream from libtorch's pool on CUDA device `device_index` (-1: the current device).
 char* imgtrain_cuda_stream_from_pool(int8_t device_index, bool high_priority, imgtrain_stream* out) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     pack(cuda_impl()->getStreamFromGlobalPool(cuda_device(device_index), high_priority), out);
   });
 }
 
 // The calling thread's current stream on CUDA device `device_index` (-1: the current device).
 char* imgtrain_cuda_current_stream(int8_t device_index, imgtrain_stream* out) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     const auto* impl = cuda_impl();
     c10::Device d = cuda_device(device_index);
     if (d.index() < 0) {
@@ -426,7 +394,7 @@ char* imgtrain_cuda_current_stream(int8_t device_index, imgtrain_stream* out) {
 
 // Makes `s` the calling thread's current stream on its device; `previous` receives the one it replaces.
 char* imgtrain_cuda_exchange_stream(const imgtrain_stream* s, imgtrain_stream* previous) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(s);
     pack(cuda_impl()->exchangeStream(unpack(s)), previous);
   });
@@ -434,7 +402,7 @@ char* imgtrain_cuda_exchange_stream(const imgtrain_stream* s, imgtrain_stream* p
 
 // Work queued on `waiter` from now on waits for the work queued on `other` so far (no host wait).
 char* imgtrain_cuda_stream_wait_stream(const imgtrain_stream* waiter, const imgtrain_stream* other) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(waiter);
     check_cuda_stream(other);
     cuda_impl();
@@ -446,7 +414,7 @@ char* imgtrain_cuda_stream_wait_stream(const imgtrain_stream* waiter, const imgt
 
 // Host waits for everything queued on `s`.
 char* imgtrain_cuda_stream_synchronize(const imgtrain_stream* s) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(s);
     cuda_impl()->synchronizeStream(unpack(s));
   });
@@ -454,7 +422,7 @@ char* imgtrain_cuda_stream_synchronize(const imgtrain_stream* s) {
 
 // A CUDA event (created on its first record), freed with imgtrain_cuda_event_free.
 char* imgtrain_cuda_event_new(void** out) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     cuda_impl();
     *out = new c10::Event(c10::DeviceType::CUDA);
   });
@@ -466,7 +434,7 @@ void imgtrain_cuda_event_free(void* event) {
 }
 
 char* imgtrain_cuda_event_record(void* event, const imgtrain_stream* s) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(s);
     static_cast<c10::Event*>(event)->record(unpack(s));
   });
@@ -474,13 +442,13 @@ char* imgtrain_cuda_event_record(void* event, const imgtrain_stream* s) {
 
 // Whether the work the event was recorded after has completed (true for a never-recorded event).
 char* imgtrain_cuda_event_query(void* event, bool* done) {
-  return guarded([&] { *done = static_cast<c10::Event*>(event)->query(); });
+  return imgtrain::guarded([&] { *done = static_cast<c10::Event*>(event)->query(); });
 }
 
 // Host waits for the work the event was recorded after. Counted as a synchronisation (c10 does not flag
 // event waits in its sync debug mode).
 char* imgtrain_cuda_event_synchronize(void* event) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     static_cast<c10::Event*>(event)->synchronize();
     if (tl_syncs.active) {
       ++tl_syncs.count;
@@ -490,7 +458,7 @@ char* imgtrain_cuda_event_synchronize(void* event) {
 
 // Work queued on `s` from now on waits for the event (no host wait).
 char* imgtrain_cuda_event_block(void* event, const imgtrain_stream* s) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(s);
     static_cast<c10::Event*>(event)->block(unpack(s));
   });
@@ -499,7 +467,7 @@ char* imgtrain_cuda_event_block(void* event, const imgtrain_stream* s) {
 // Tells the caching allocator that `t`'s memory is in use on `s`, so that it is not handed out again
 // before the work queued on `s` so far is done (a tensor made on a side stream, used on another).
 char* imgtrain_tensor_record_stream(const at::Tensor* t, const imgtrain_stream* s) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     check_cuda_stream(s);
     const auto* impl = cuda_impl();
     if (!t->is_cuda()) {
@@ -524,7 +492,7 @@ bool imgtrain_bridge_has_cuda_headers() {
 // printed, and imgtrain_cuda_event_synchronize counts itself. The mode is process-wide: a sync on another
 // thread prints libtorch's warning. Checks itself with one stream synchronize, not counted.
 char* imgtrain_cuda_sync_count_start() {
-  return guarded([] {
+  return imgtrain::guarded([] {
 #ifndef IMGTRAIN_BRIDGE_CUDA
     throw std::runtime_error(
         "built without CUDA stream support for counting synchronisations: no cuda_runtime_api.h was "
@@ -557,7 +525,7 @@ char* imgtrain_cuda_sync_count_start() {
 // imgtrain_cuda_sync_count_start): raises libtorch's own sync flag once and reports how many this
 // thread's counter saw (1 when the mode is shared).
 char* imgtrain_cuda_sync_flag_selftest(uint64_t* counted) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
 #ifndef IMGTRAIN_BRIDGE_CUDA
     throw std::runtime_error("built without CUDA stream support");
 #else
@@ -577,7 +545,7 @@ char* imgtrain_cuda_sync_flag_selftest(uint64_t* counted) {
 
 // The synchronisations counted on the calling thread since the first imgtrain_cuda_sync_count_start.
 char* imgtrain_cuda_sync_count(uint64_t* out) {
-  return guarded([&] {
+  return imgtrain::guarded([&] {
     if (!tl_syncs.active) {
       throw std::logic_error("synchronisations are not being counted on this thread");
     }
@@ -587,7 +555,7 @@ char* imgtrain_cuda_sync_count(uint64_t* out) {
 
 // Stops counting on the calling thread and switches libtorch's sync debug mode off again.
 char* imgtrain_cuda_sync_count_stop() {
-  return guarded([] {
+  return imgtrain::guarded([] {
 #ifdef IMGTRAIN_BRIDGE_CUDA
     c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
 #endif

@@ -105,7 +105,7 @@ mod ffi {
 }
 
 /// Turns a bridge function's return value into a `Result`, freeing the message.
-fn check(op: &'static str, err: *mut c_char) -> Result<()> {
+pub(crate) fn check(op: &'static str, err: *mut c_char) -> Result<()> {
     if err.is_null() {
         return Ok(());
     }

@@ -11,6 +11,7 @@ use tch::Device;
 use crate::amp::Amp;
 use crate::checkpoint::Checkpoint;
 use crate::device::DeviceInfo;
+use crate::dist::{DistFlags, Rank};
 use crate::error::{Result, TrainError};
 use crate::models;
 use crate::schedule::{LrSchedule, Schedule};
@@ -59,6 +60,8 @@ pub struct TrainConfig {
     pub val_labels: Option<PathBuf>,
     /// Synset list for the val labels (`--synsets`).
     pub synsets: Option<PathBuf>,
+    /// Distributed training (`--dist-url`, `--world-size`, `--rank`, ...).
+    pub dist: DistFlags,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -73,6 +76,7 @@ pub struct RecipeFlags {
     pub lr_schedule: Option<LrSchedule>,
     pub warmup_epochs: Option<f64>,
     pub label_smoothing: Option<f64>,
+    pub dropout: Option<f64>,
 }
 
 /// How a run optimises: saved in every checkpoint and restored by `--resume` (as `main.py` restores the
@@ -90,6 +94,10 @@ pub struct Recipe {
     pub warmup_epochs: f64,
     /// Label smoothing of the cross-entropy loss.
     pub label_smoothing: f64,
+    /// The classifier's dropout of AlexNet and VGG (`None`: torchvision's 0.5). Absent from checkpoints
+    /// written before it existed, which used the default.
+    #[serde(default)]
+    pub dropout: Option<f64>,
 }
 
 impl Default for Recipe {
@@ -103,6 +111,7 @@ impl Default for Recipe {
             lr_schedule: LrSchedule::default(),
             warmup_epochs: 0.0,
             label_smoothing: 0.0,
+            dropout: None,
         }
     }
 }
@@ -141,6 +150,11 @@ impl RecipeFlags {
             && !(0.0..1.0).contains(&s)
         {
             return bad("--label-smoothing", format!("{s} must be in [0, 1)"));
+        }
+        if let Some(p) = self.dropout
+            && !(0.0..1.0).contains(&p)
+        {
+            return bad("--dropout", format!("{p} must be in [0, 1)"));
         }
         if let Some(w) = self.warmup_epochs
             && !(w.is_finite() && w >= 0.0)
@@ -194,6 +208,7 @@ impl RecipeFlags {
                 s,
                 o,
             ),
+            dropout: pick("--dropout", self.dropout.map(Some), base.dropout, s, o),
         };
         (recipe, overrides)
     }
@@ -305,6 +320,7 @@ impl TrainConfig {
                     .into(),
             );
         }
+        self.dist.validate()?;
         if self.pretrained.as_deref() == Some(Path::new("")) {
             return bad(
                 "--pretrained",
@@ -332,6 +348,10 @@ pub struct Plan {
     /// Whether the seed was given (`--seed`) or restored, rather than drawn.
     pub seed_chosen: bool,
     pub start_epoch: u64,
+    /// This process's rank in a distributed run.
+    pub dist: Option<Rank>,
+    /// Loader threads and mini-batch size of this process: with `--multiprocessing-distributed`, the
+    /// node's (as given) divided among its processes, as `main.py` does; otherwise as given.
     pub workers: usize,
     pub batch_size: usize,
     pub print_freq: usize,
@@ -351,6 +371,7 @@ impl Plan {
     pub fn resolve(
         cfg: &TrainConfig,
         device: DeviceInfo,
+        dist: Option<Rank>,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<Plan> {
         let cuda = matches!(device.device, Device::Cuda(_));
@@ -375,6 +396,13 @@ impl Plan {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
+        let (batch_size, workers) = per_process(
+            cfg.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            cfg.workers.unwrap_or(DEFAULT_WORKERS),
+            dist.as_ref()
+                .filter(|r| r.spawned)
+                .map_or(1, |r| r.local_world),
+        )?;
         Ok(Plan {
             device,
             arch: cfg.arch().to_owned(),
@@ -388,8 +416,9 @@ impl Plan {
                 .start_epoch
                 .or(checkpoint.map(|c| c.meta.epoch))
                 .unwrap_or(0),
-            workers: cfg.workers.unwrap_or(DEFAULT_WORKERS),
-            batch_size: cfg.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            dist,
+            workers,
+            batch_size,
             print_freq: cfg.print_freq.unwrap_or(DEFAULT_PRINT_FREQ),
             crop_size: cfg.crop_size.unwrap_or(DEFAULT_CROP_SIZE),
             val_resize: cfg.val_resize.unwrap_or(DEFAULT_VAL_RESIZE),
@@ -402,6 +431,22 @@ impl Plan {
     pub fn cuda(&self) -> bool {
         matches!(self.device.device, Device::Cuda(_))
     }
+}
+
+/// A node's `--batch-size` and `--workers` shared by its `nproc` processes, as `main.py` shares them:
+/// the batch divided (it must divide evenly here, so that the global batch is the one given), the
+/// threads rounded up.
+pub fn per_process(batch: usize, workers: usize, nproc: usize) -> Result<(usize, usize)> {
+    if batch % nproc != 0 {
+        return bad(
+            "--batch-size",
+            format!(
+                "{batch} does not divide among {nproc} processes per node (--multiprocessing-distributed \
+                 gives each an equal share of the node's batch); use a multiple of {nproc}"
+            ),
+        );
+    }
+    Ok((batch / nproc, workers.div_ceil(nproc)))
 }
 
 #[cfg(test)]
@@ -418,6 +463,7 @@ mod tests {
             lr_schedule: LrSchedule::Cosine,
             warmup_epochs: 0.5,
             label_smoothing: 0.1,
+            dropout: None,
         };
         let none = RecipeFlags::default();
         assert_eq!(none.resolve(Some(&saved)), (saved, vec![]));

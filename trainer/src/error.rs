@@ -112,6 +112,37 @@ pub enum TrainError {
     /// operation (`sgd_step`, `cuda_event_record`, ...), `message` is libtorch's, without its backtrace.
     #[error("libtorch failed in {op}: {message}")]
     Bridge { op: &'static str, message: String },
+    /// Joining a distributed run failed: the rendezvous at host:port (c10d's TCPStore, rank 0 serving
+    /// it) or the process group behind it.
+    #[error("rank {rank} of {world}: could not join the process group at {host}:{port}: {message}")]
+    Rendezvous {
+        host: String,
+        port: u16,
+        rank: usize,
+        world: usize,
+        message: String,
+    },
+    /// A collective operation of a distributed run failed (a rank died, the network failed, or it timed
+    /// out after --dist-timeout); `what` says which part of the run.
+    #[error(
+        "rank {rank}: {what} failed (another rank stopped, or --dist-timeout passed): {message}"
+    )]
+    Collective {
+        rank: usize,
+        what: String,
+        message: String,
+    },
+    /// A rank started by `--multiprocessing-distributed` failed; the launcher stopped the others.
+    #[error("rank {rank} (pid {pid}) {how}; stopped the other {stopped} rank(s) of this node")]
+    RankFailed {
+        rank: usize,
+        pid: u32,
+        how: String,
+        stopped: usize,
+    },
+    /// The launcher was interrupted (Ctrl-C or SIGTERM) and stopped its ranks.
+    #[error("interrupted: stopped the {ranks} rank(s) of this node")]
+    Interrupted { ranks: usize },
     /// libtorch raised an error inside a model's forward or backward pass (tch reports those by panicking).
     #[error("libtorch failed {what}: {message}")]
     TorchPanic { what: String, message: String },

@@ -327,6 +327,10 @@ pub struct FeedOptions {
     pub decode: DecodeOptions,
     pub seed: u64,
     pub bad_samples: BadSamples,
+    /// This process's share of a distributed run (rank `rank` of `world`): PyTorch's
+    /// DistributedSampler for training, the exact partition for validation.
+    pub rank: usize,
+    pub world: usize,
 }
 
 impl Feed {
@@ -346,6 +350,7 @@ impl Feed {
             .transform(opts.transform)
             .decode_options(opts.decode)
             .bad_samples(opts.bad_samples)
+            .distributed(opts.rank, opts.world)
             .seed(opts.seed);
         let loader = builder
             .allocator(TensorAllocator::for_device(device, opts.batch_size))

@@ -3,12 +3,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
 use imgtrain::config::RecipeFlags;
+use imgtrain::dist::{Backend, DistFlags};
 use imgtrain::schedule::LrSchedule;
 use imgtrain::{RunSummary, TrainConfig};
 
@@ -127,6 +129,10 @@ struct Args {
         allow_negative_numbers = true
     )]
     label_smoothing: Option<f64>,
+    /// Dropout probability of the classifier of alexnet and vgg* (torchvision's `dropout`) [default: 0.5,
+    /// or the checkpoint's with --resume].
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    dropout: Option<f64>,
     /// Training crop size (RandomResizedCrop) and validation centre crop [default: 224].
     #[arg(long = "crop-size", visible_alias = "crop_size", value_name = "PX")]
     crop_size: Option<u32>,
@@ -151,6 +157,49 @@ struct Args {
     /// LOC_synset_mapping.txt.
     #[arg(long, value_name = "FILE")]
     synsets: Option<PathBuf>,
+    /// Distributed: the number of nodes with --multiprocessing-distributed, else of processes.
+    #[arg(long = "world-size", visible_alias = "world_size", value_name = "N")]
+    world_size: Option<usize>,
+    /// Distributed: this node's rank with --multiprocessing-distributed, else this process's (from 0).
+    #[arg(long, value_name = "N")]
+    rank: Option<usize>,
+    /// Distributed: where the ranks meet, tcp://HOST:PORT (HOST: the node of rank 0) or env://
+    /// (MASTER_ADDR and MASTER_PORT; WORLD_SIZE, RANK and LOCAL_RANK as torchrun sets them, or Slurm's
+    /// SLURM_NTASKS, SLURM_PROCID and SLURM_LOCALID) [default with --multiprocessing-distributed on one
+    /// node: a free port on 127.0.0.1].
+    #[arg(long = "dist-url", visible_alias = "dist_url", value_name = "URL")]
+    dist_url: Option<String>,
+    /// Distributed: the collective backend [default: nccl where CUDA is available, else gloo].
+    #[arg(long = "dist-backend", visible_alias = "dist_backend", value_enum)]
+    dist_backend: Option<BackendArg>,
+    /// Start one process per GPU of this node (with --nproc-per-node, that many; on the CPU, Gloo
+    /// processes), each a rank of a data-parallel run; --batch-size and --workers are the node's, shared
+    /// among them.
+    #[arg(
+        long = "multiprocessing-distributed",
+        visible_alias = "multiprocessing_distributed"
+    )]
+    multiprocessing_distributed: bool,
+    /// Processes per node with --multiprocessing-distributed [default: the visible GPUs].
+    #[arg(
+        long = "nproc-per-node",
+        visible_alias = "nproc_per_node",
+        value_name = "N"
+    )]
+    nproc_per_node: Option<usize>,
+    /// Distributed: seconds the rendezvous and each collective wait for the other ranks [default: 1800].
+    #[arg(
+        long = "dist-timeout",
+        visible_alias = "dist_timeout",
+        value_name = "SECONDS"
+    )]
+    dist_timeout: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Nccl,
+    Gloo,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,6 +234,7 @@ impl Args {
                 }),
                 warmup_epochs: self.warmup_epochs,
                 label_smoothing: self.label_smoothing,
+                dropout: self.dropout,
             },
             print_freq: self.print_freq,
             resume: self.resume,
@@ -209,6 +259,24 @@ impl Args {
             jpeg: self.jpeg,
             val_labels: self.val_labels,
             synsets: self.synsets,
+            dist: DistFlags {
+                url: self.dist_url,
+                backend: self.dist_backend.map(|b| match b {
+                    BackendArg::Nccl => Backend::Nccl,
+                    BackendArg::Gloo => Backend::Gloo,
+                }),
+                world_size: self.world_size,
+                rank: self.rank,
+                multiprocessing: self.multiprocessing_distributed,
+                nproc_per_node: self.nproc_per_node,
+                timeout: self.dist_timeout.map(|s| {
+                    if s.is_finite() && s > 0.0 {
+                        Duration::from_secs_f64(s.min(1e9))
+                    } else {
+                        Duration::ZERO
+                    }
+                }),
+            },
             args: argv,
         }
     }
@@ -269,21 +337,36 @@ fn print_summary(s: &RunSummary, evaluate: bool) {
     println!("seed: {}", s.seed);
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    if args.data.is_none() && args.data_positional.is_none() && !args.dummy {
-        return device_check(args.gpu);
+fn run(cfg: &TrainConfig) -> anyhow::Result<()> {
+    if cfg.dist.multiprocessing && std::env::var_os(imgtrain::dist::LOCAL_RANK_ENV).is_none() {
+        // The launcher: starts the node's ranks and watches them.
+        return Ok(imgtrain::launch::run(cfg)?);
     }
-    let cfg = args.into_config(std::env::args().collect());
-    let summary = imgtrain::run(&cfg)?;
+    let summary = imgtrain::run(cfg)?;
     print_summary(&summary, cfg.evaluate);
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if args.data.is_none() && args.data_positional.is_none() && !args.dummy {
+        return match device_check(args.gpu) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("imgtrain: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cfg = args.into_config(std::env::args().collect());
+    match run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("imgtrain: error: {err:#}");
+            // Each rank of a distributed run says which one it is.
+            match imgtrain::dist::rank_of_process(&cfg.dist) {
+                Some(rank) => eprintln!("imgtrain (rank {rank}): error: {err:#}"),
+                None => eprintln!("imgtrain: error: {err:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -2,6 +2,7 @@
 //! build the model and the feeds, then drive the [`Trainer`] epoch by epoch and write checkpoints.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use imgloader::{BadSamples, DecodeOptions, Source, TrainAugment, Transform, ValAugment};
@@ -13,6 +14,7 @@ use crate::checkpoint::{self, Checkpoint, Meta};
 use crate::config::{Plan, TrainConfig};
 use crate::data::{self, Subset};
 use crate::device;
+use crate::dist::{self, ProcessGroup};
 use crate::error::{Result, TrainError};
 use crate::feed::{Feed, FeedOptions, Normalizer};
 use crate::models;
@@ -168,13 +170,15 @@ fn build_feeds(
     classes: usize,
 ) -> Result<(Option<Feed>, Feed)> {
     let device = plan.device.device;
+    let (rank, world) = plan.dist.as_ref().map_or((0, 1), |r| (r.rank, r.world));
     let normalizer = || Normalizer::new(device, plan.channels_last);
     let crop = plan.crop_size;
     if cfg.dummy {
         let batch = plan.batch_size;
+        // Each rank makes its share.
         let train = Feed::dummy(
             "train",
-            cfg.limit_train.unwrap_or(DUMMY_TRAIN),
+            cfg.limit_train.unwrap_or(DUMMY_TRAIN).div_ceil(world),
             batch,
             crop,
             classes,
@@ -182,7 +186,7 @@ fn build_feeds(
         );
         let val = Feed::dummy(
             "val",
-            cfg.limit_val.unwrap_or(DUMMY_VAL),
+            cfg.limit_val.unwrap_or(DUMMY_VAL).div_ceil(world),
             batch,
             crop,
             classes,
@@ -200,6 +204,8 @@ fn build_feeds(
         },
         seed: plan.seed,
         bad_samples,
+        rank,
+        world,
     };
     let train = match splits.train {
         Some((path, src)) if !cfg.evaluate => {
@@ -239,15 +245,53 @@ fn build_feeds(
 /// step: the data, the output folder, the checkpoint and the model.
 pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
-    let info = device::select(cfg.gpu)?;
+    let rank = cfg.dist.resolve(&dist::process_env, Cuda::is_available())?;
+    let lead = rank.as_ref().is_none_or(|r| r.rank == 0);
+    if !lead {
+        // Only rank 0 prints progress; every rank's errors still go to standard error.
+        dist::silence_stdout().map_err(|e| TrainError::Config {
+            what: "--rank",
+            reason: format!("cannot quiet the standard output of a rank other than 0: {e}"),
+        })?;
+    }
+    // Each rank of a node on its own GPU (its local rank), as main.py's processes.
+    let gpu = match &rank {
+        Some(r) if Cuda::is_available() && (r.spawned || cfg.gpu.is_none()) => Some(r.local_rank),
+        _ => cfg.gpu,
+    };
+    let info = device::select(gpu)?;
+    // Meet the other ranks first: a rendezvous that fails says so before any data is read.
+    let group = match &rank {
+        Some(r) => {
+            println!(
+                "=> rank {} of {}: joining the {} process group at {}:{} (timeout {} s)",
+                r.rank,
+                r.world,
+                r.backend.name(),
+                r.host,
+                r.port,
+                r.timeout.as_secs_f64()
+            );
+            Some(Rc::new(ProcessGroup::join(r, info.device)?))
+        }
+        None => None,
+    };
     let splits = open_splits(cfg)?;
     let classes = splits.classes.clone();
     let checkpoint = read_checkpoint(cfg, &classes)?;
-    let plan = Plan::resolve(cfg, info, checkpoint.as_ref())?;
-    if !cfg.evaluate {
+    let mut plan = Plan::resolve(cfg, info, rank, checkpoint.as_ref())?;
+    if let Some(g) = &group {
+        // Every rank follows rank 0's seed (data order, augmentation, initial weights).
+        plan.seed = g.agree(plan.seed)?;
+    }
+    if !cfg.evaluate && lead {
         prepare_output_dir(&plan.output_dir)?;
     }
-    let records = crate::run_info::start_records(cfg, &plan)?;
+    let records = if lead {
+        crate::run_info::start_records(cfg, &plan)?
+    } else {
+        None
+    };
 
     println!(
         "imgtrain {}: libtorch {}, device {info}, amp {}, channels_last {}",
@@ -272,7 +316,19 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     manual_seed(seed);
     println!("=> creating model '{}'", plan.arch);
     let mut vs = VarStore::new(info.device);
-    let model = models::build(&plan.arch, &vs.root(), classes.len() as i64)?;
+    let model = models::build_with(
+        &plan.arch,
+        &vs.root(),
+        classes.len() as i64,
+        plan.recipe.dropout,
+    )
+    .map_err(|e| match e {
+        models::ModelError::Dropout { .. } => TrainError::Config {
+            what: "--dropout",
+            reason: e.to_string(),
+        },
+        other => other.into(),
+    })?;
     if let Some(path) = &cfg.pretrained {
         let report = models::load_pretrained(&mut vs, path)?;
         println!(
@@ -284,7 +340,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     if let Some(ck) = &checkpoint {
         println!("=> loading checkpoint '{}'", ck.path.display());
     }
-    let mut trainer = Trainer::new(&plan, vs, model, checkpoint.as_ref())?;
+    let mut trainer = Trainer::new(&plan, vs, model, checkpoint.as_ref(), group.clone())?;
     if let Some(log) = records {
         trainer.set_metrics(log);
     }
@@ -376,6 +432,17 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             scaler: trainer.scaler(),
             args: cfg.args.clone(),
         };
+        summary.epochs_run += 1;
+        summary.next_epoch = epoch + 1;
+        summary.acc1 = v.acc1;
+        summary.acc5 = v.acc5;
+        summary.val_images = v.images;
+        summary.val_expected = v.expected;
+        summary.best_acc1 = trainer.best_acc1;
+        if !lead {
+            // Rank 0 writes the checkpoints (every rank holds the same weights).
+            continue;
+        }
         let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
         checkpoint::write_atomic(&checkpoint_path, &bytes)?;
         last_good = Some(checkpoint_path.clone());
@@ -398,13 +465,6 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
                 trainer.best_acc1
             );
         }
-        summary.epochs_run += 1;
-        summary.next_epoch = epoch + 1;
-        summary.acc1 = v.acc1;
-        summary.acc5 = v.acc5;
-        summary.val_images = v.images;
-        summary.val_expected = v.expected;
-        summary.best_acc1 = trainer.best_acc1;
     }
     if summary.best_checkpoint.is_none() && best_path.is_file() {
         summary.best_checkpoint = Some(best_path);

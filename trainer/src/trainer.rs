@@ -13,6 +13,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tch::nn::VarStore;
@@ -22,6 +23,7 @@ use crate::amp::{self, Amp, LossScaler};
 use crate::bridge::{self, CudaEvent, CudaStream, SyncCounter};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Plan, Recipe};
+use crate::dist::{BUCKET_CAP_BYTES, ProcessGroup, ReduceOp, Reducer};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::feed::{DeviceBatch, Feed, Hold};
 use crate::meter::{AverageMeter, Fmt, progress_line};
@@ -127,11 +129,80 @@ impl Meters {
         self.end = Instant::now();
     }
 
+    /// Sums the meters' totals over the ranks (`main.py`'s `AverageMeter.all_reduce`): the averages
+    /// become the run's, over every rank's samples.
+    fn all_reduce(&mut self, group: &ProcessGroup) -> Result<()> {
+        let meters = [&mut self.loss, &mut self.top1, &mut self.top5];
+        let local: Vec<f64> = meters.iter().flat_map(|m| [m.sum, m.count]).collect();
+        let total = group
+            .all_reduce(&local, ReduceOp::Sum)
+            .map_err(|e| collective(group, "summing the meters", e))?;
+        for (m, t) in meters.into_iter().zip(total.chunks(2)) {
+            m.sum = t[0];
+            m.count = t[1];
+        }
+        Ok(())
+    }
+
     fn line(&self, prefix: &str, k: usize, total: usize) -> String {
         let mut all = vec![&self.time];
         all.extend(&self.data);
         all.extend([&self.loss, &self.top1, &self.top5]);
         progress_line(prefix, k, total, &all)
+    }
+}
+
+/// A failed collective, as the error that names the rank and what it was doing.
+fn collective(group: &ProcessGroup, what: &str, e: TrainError) -> TrainError {
+    TrainError::Collective {
+        rank: group.rank(),
+        what: what.to_owned(),
+        message: match e {
+            TrainError::Bridge { message, .. } => message,
+            other => other.to_string(),
+        },
+    }
+}
+
+/// A rank's part in data-parallel training: its process group, c10d's reducer over the trainable
+/// parameters, and the buffers (BatchNorm statistics) that rank 0 broadcasts before every forward pass,
+/// as `DistributedDataParallel(broadcast_buffers=True)` does.
+#[derive(Debug)]
+struct DataParallel {
+    group: Rc<ProcessGroup>,
+    reducer: Reducer,
+    buffers: Vec<Tensor>,
+}
+
+impl DataParallel {
+    /// Rank 0's parameters and buffers copied to every rank (DDP's start), then the reducer.
+    fn new(group: Rc<ProcessGroup>, vs: &VarStore) -> Result<DataParallel> {
+        // By name: the same order on every rank (the store's map has no order of its own).
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let all: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
+        group
+            .broadcast(&all, 0)
+            .map_err(|e| collective(&group, "copying rank 0's model to every rank", e))?;
+        let trainable = vs.trainable_variables();
+        let buffers = named
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .map(|(_, t)| t)
+            .collect();
+        let reducer = group.reducer(&trainable, BUCKET_CAP_BYTES)?;
+        Ok(DataParallel {
+            group,
+            reducer,
+            buffers,
+        })
+    }
+
+    /// Rank 0's buffers to every rank.
+    fn sync_buffers(&self) -> Result<()> {
+        self.group
+            .broadcast(&self.buffers, 0)
+            .map_err(|e| collective(&self.group, "copying rank 0's BatchNorm statistics", e))
     }
 }
 
@@ -217,6 +288,8 @@ pub struct Trainer {
     pub lr: f64,
     /// Where progress records go (`metrics.jsonl`), when the run keeps them.
     metrics: Option<MetricsLog>,
+    /// The rank's process group and reducer, in a distributed run.
+    dp: Option<DataParallel>,
 }
 
 /// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
@@ -296,11 +369,14 @@ fn check_loss(host: &[f64], epoch: u64, step: usize, global_step: u64) -> Result
 impl Trainer {
     /// A trainer for `model` (whose variables are in `vs`), following `plan`; restores the optimizer's
     /// state and the run's progress from `checkpoint` when resuming.
+    /// In a distributed run (`group`), every rank starts from rank 0's weights and buffers, and c10d's
+    /// reducer averages the gradients.
     pub fn new(
         plan: &Plan,
         vs: VarStore,
         model: Model,
         checkpoint: Option<&Checkpoint>,
+        group: Option<Rc<ProcessGroup>>,
     ) -> Result<Trainer> {
         let cuda = match plan.device.device {
             Device::Cuda(i) => Some(CudaStream::current(Some(i))?),
@@ -326,6 +402,7 @@ impl Trainer {
                 scaler = Some(ck.meta.scaler.unwrap_or_default());
             }
         }
+        let dp = group.map(|g| DataParallel::new(g, &vs)).transpose()?;
         Ok(Trainer {
             device: plan.device.device,
             cuda,
@@ -341,6 +418,7 @@ impl Trainer {
             best_acc1,
             lr,
             metrics: None,
+            dp,
         })
     }
 
@@ -452,19 +530,35 @@ impl Trainer {
     /// first.
     fn step(&mut self, batch: DeviceBatch, lr: f64, epoch: u64, k: usize) -> Result<Readback> {
         self.sgd.zero_grad();
+        if let Some(dp) = &self.dp {
+            dp.sync_buffers()?;
+            dp.reducer
+                .before_forward()
+                .map_err(|e| collective(&dp.group, "rebuilding the gradient buckets", e))?;
+        }
         let (logits, loss) = catch_torch(
             || format!("in the forward/backward pass of epoch {epoch}, step {k}"),
             || {
                 let (logits, loss) = self.forward_loss(&batch, true)?;
+                if let Some(dp) = &self.dp {
+                    dp.reducer.before_backward()?;
+                }
                 let scaled = match &self.scaler {
                     Some(s) => loss
                         .f_mul_scalar(s.scale)
                         .during(|| "scaling the loss".into())?,
                     None => loss.shallow_clone(),
                 };
-                scaled
-                    .f_backward()
-                    .during(|| "in the backward pass".into())?;
+                let backward = scaled.f_backward();
+                match &self.dp {
+                    // c10d's reducer all-reduces inside the backward pass: a peer that died shows here.
+                    Some(dp) => backward.map_err(|e| TrainError::Collective {
+                        rank: dp.group.rank(),
+                        what: "averaging the gradients in the backward pass".into(),
+                        message: e.to_string(),
+                    })?,
+                    None => backward.during(|| "in the backward pass".into())?,
+                }
                 Ok((logits.detach(), loss.detach()))
             },
         )?;
@@ -587,7 +681,16 @@ impl Trainer {
             self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
             steps_done += 1;
         }
-        let images = clock.images;
+        let mut images = clock.images;
+        if let Some(dp) = &self.dp {
+            // The epoch's numbers over every rank's samples.
+            m.all_reduce(&dp.group)?;
+            let total = dp
+                .group
+                .all_reduce(&[images as f64], ReduceOp::Sum)
+                .map_err(|e| collective(&dp.group, "counting the epoch's images", e))?;
+            images = total[0] as u64;
+        }
         let seconds = clock.start.elapsed().as_secs_f64();
         let waited = clock.waited;
         let mut line = format!(
@@ -636,6 +739,10 @@ impl Trainer {
     pub fn validate(&self, feed: &Feed, epoch: u64) -> Result<ValStats> {
         let steps = feed.batches_per_epoch();
         let mut m = Meters::new(false);
+        if let Some(dp) = &self.dp {
+            // Every rank evaluates rank 0's model, BatchNorm statistics included.
+            dp.sync_buffers()?;
+        }
         let mut batches = feed.epoch(epoch);
         let _no_grad = tch::no_grad_guard();
         let mut pending = Lagged::new(self.cuda.is_some());
@@ -681,21 +788,49 @@ impl Trainer {
         if let Some(p) = pending.take() {
             finish(p, &mut m, &mut clock)?;
         }
-        let images = clock.images;
-        let (top1, top5) = (&m.top1, &m.top5);
-        let expected = feed.samples_per_epoch() as u64;
+        let mut images = clock.images;
+        let mut expected = feed.samples_per_epoch() as u64;
         let left_out = batches.bad;
         for bad in &left_out {
-            println!("=> val image left out: {bad}");
+            match &self.dp {
+                // Only rank 0's standard output is kept.
+                Some(dp) if dp.group.rank() != 0 => {
+                    eprintln!(
+                        "imgtrain (rank {}): val image left out: {bad}",
+                        dp.group.rank()
+                    );
+                }
+                _ => println!("=> val image left out: {bad}"),
+            }
         }
-        if left_out.is_empty() {
+        let mut left_out_count = left_out.len();
+        if let Some(dp) = &self.dp {
+            // Each rank evaluated its own share of the split (every image on exactly one rank): sums.
+            m.all_reduce(&dp.group)?;
+            let local = [images as f64, expected as f64, left_out_count as f64];
+            let total = dp
+                .group
+                .all_reduce(&local, ReduceOp::Sum)
+                .map_err(|e| collective(&dp.group, "counting the val images", e))?;
+            (images, expected, left_out_count) =
+                (total[0] as u64, total[1] as u64, total[2] as usize);
+            if left_out_count > left_out.len() {
+                println!(
+                    "=> {} more val image(s) left out on other ranks (each rank names its own on \
+                     standard error)",
+                    left_out_count - left_out.len()
+                );
+            }
+        }
+        let (top1, top5) = (&m.top1, &m.top5);
+        if left_out_count == 0 {
             println!(" * Acc@1 {:.3} Acc@5 {:.3}", top1.avg(), top5.avg());
         } else {
             println!(
-                " * Acc@1 {:.3} Acc@5 {:.3} over {images} of {expected} images ({} bad image(s) left out)",
+                " * Acc@1 {:.3} Acc@5 {:.3} over {images} of {expected} images ({left_out_count} bad image(s) \
+                 left out)",
                 top1.avg(),
                 top5.avg(),
-                left_out.len()
             );
         }
         Ok(ValStats {

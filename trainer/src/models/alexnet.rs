@@ -12,6 +12,8 @@ use super::layers::{Conv, ConvInit, LinearInit, conv2d, flatten, linear};
 pub(crate) struct AlexNet {
     convs: Vec<nn::Conv2D>,
     fcs: Vec<nn::Linear>,
+    /// The classifier's dropout probability (torchvision's `dropout`, 0.5).
+    dropout: f64,
 }
 
 /// `(features index, c_in, c_out, kernel, stride, padding, max-pool after)`.
@@ -24,7 +26,7 @@ const FEATURES: [(i64, i64, i64, i64, i64, i64, bool); 5] = [
 ];
 
 impl AlexNet {
-    pub fn new(p: &nn::Path, num_classes: i64) -> Self {
+    pub fn new(p: &nn::Path, num_classes: i64, dropout: f64) -> Self {
         let f = p / "features";
         let convs = FEATURES
             .iter()
@@ -44,7 +46,11 @@ impl AlexNet {
             linear(&c / 4, 4096, 4096, LinearInit::TorchDefault),
             linear(&c / 6, 4096, num_classes, LinearInit::TorchDefault),
         ];
-        AlexNet { convs, fcs }
+        AlexNet {
+            convs,
+            fcs,
+            dropout,
+        }
     }
 }
 
@@ -58,8 +64,8 @@ impl ModuleT for AlexNet {
             }
         }
         let xs = flatten(xs.adaptive_avg_pool2d([6, 6]));
-        let xs = xs.dropout(0.5, train).apply(&self.fcs[0]).relu();
-        let xs = xs.dropout(0.5, train).apply(&self.fcs[1]).relu();
+        let xs = xs.dropout(self.dropout, train).apply(&self.fcs[0]).relu();
+        let xs = xs.dropout(self.dropout, train).apply(&self.fcs[1]).relu();
         xs.apply(&self.fcs[2])
     }
 }

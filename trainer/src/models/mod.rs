@@ -80,6 +80,9 @@ pub enum ModelError {
         arch: String,
         choices: &'static [&'static str],
     },
+    /// A dropout probability outside [0, 1), or for an architecture without classifier dropout.
+    #[error("dropout {p} for {arch}: only alexnet and vgg* take one, in [0, 1)")]
+    Dropout { arch: String, p: f64 },
     /// A classifier needs at least one class.
     #[error("invalid number of classes {num_classes}: must be at least 1")]
     NumClasses { num_classes: i64 },
@@ -198,6 +201,31 @@ impl ModuleT for Model {
 /// Creates architecture `arch` (torchvision's spelling, one of [`ARCHS`]) with its variables under `vs`,
 /// named as torchvision's `state_dict` keys, and a classifier for `num_classes` classes.
 pub fn build(arch: &str, vs: &nn::Path, num_classes: i64) -> Result<Model, ModelError> {
+    build_with(arch, vs, num_classes, None)
+}
+
+/// The architectures whose classifier takes torchvision's `dropout` argument (see [`build_with`]).
+pub fn has_classifier_dropout(arch: &str) -> bool {
+    arch == "alexnet" || arch.starts_with("vgg")
+}
+
+/// [`build`], with the classifier's dropout probability of AlexNet and VGG (torchvision's `dropout`
+/// argument; `None`: its default, 0.5). Other architectures refuse a `dropout`.
+pub fn build_with(
+    arch: &str,
+    vs: &nn::Path,
+    num_classes: i64,
+    dropout: Option<f64>,
+) -> Result<Model, ModelError> {
+    if let Some(p) = dropout
+        && !(has_classifier_dropout(arch) && (0.0..1.0).contains(&p))
+    {
+        return Err(ModelError::Dropout {
+            arch: arch.to_owned(),
+            p,
+        });
+    }
+    let p_drop = dropout.unwrap_or(0.5);
     let Some(&name) = ARCHS.iter().find(|&&a| a == arch) else {
         return Err(ModelError::UnknownArch {
             arch: arch.to_owned(),
@@ -219,7 +247,7 @@ pub fn build(arch: &str, vs: &nn::Path, num_classes: i64) -> Result<Model, Model
         "resnext101_32x8d" => Box::new(ResNet::new(vs, R::bottleneck([3, 4, 23, 3], 32, 8), n)),
         "wide_resnet50_2" => Box::new(ResNet::new(vs, R::bottleneck([3, 4, 6, 3], 1, 128), n)),
         "wide_resnet101_2" => Box::new(ResNet::new(vs, R::bottleneck([3, 4, 23, 3], 1, 128), n)),
-        "alexnet" => Box::new(alexnet::AlexNet::new(vs, n)),
+        "alexnet" => Box::new(alexnet::AlexNet::new(vs, n, p_drop)),
         vgg if vgg.starts_with("vgg") => {
             let bn = vgg.ends_with("_bn");
             let cfg = match &vgg[3..5] {
@@ -228,7 +256,7 @@ pub fn build(arch: &str, vs: &nn::Path, num_classes: i64) -> Result<Model, Model
                 "16" => vgg::D,
                 _ => vgg::E,
             };
-            Box::new(vgg::Vgg::new(vs, cfg, bn, n))
+            Box::new(vgg::Vgg::new(vs, cfg, bn, n, p_drop))
         }
         "densenet121" => Box::new(densenet::DenseNet::new(
             vs,

@@ -32,10 +32,12 @@ struct Layer {
 pub(crate) struct Vgg {
     features: Vec<Layer>,
     fcs: Vec<nn::Linear>,
+    /// The classifier's dropout probability (torchvision's `dropout`, 0.5).
+    dropout: f64,
 }
 
 impl Vgg {
-    pub fn new(p: &nn::Path, cfg: &[i64], with_bn: bool, num_classes: i64) -> Self {
+    pub fn new(p: &nn::Path, cfg: &[i64], with_bn: bool, num_classes: i64, dropout: f64) -> Self {
         let f = p / "features";
         // `features` is one nn.Sequential: every conv, batch norm, ReLU and pool takes an index.
         let mut index = 0;
@@ -72,7 +74,11 @@ impl Vgg {
             linear(&c / 3, 4096, 4096, LinearInit::Normal001),
             linear(&c / 6, 4096, num_classes, LinearInit::Normal001),
         ];
-        Vgg { features, fcs }
+        Vgg {
+            features,
+            fcs,
+            dropout,
+        }
     }
 }
 
@@ -90,8 +96,8 @@ impl ModuleT for Vgg {
             }
         }
         let xs = flatten(xs.adaptive_avg_pool2d([7, 7]));
-        let xs = xs.apply(&self.fcs[0]).relu().dropout(0.5, train);
-        let xs = xs.apply(&self.fcs[1]).relu().dropout(0.5, train);
+        let xs = xs.apply(&self.fcs[0]).relu().dropout(self.dropout, train);
+        let xs = xs.apply(&self.fcs[1]).relu().dropout(self.dropout, train);
         xs.apply(&self.fcs[2])
     }
 }
