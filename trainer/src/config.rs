@@ -62,6 +62,9 @@ pub struct TrainConfig {
     pub synsets: Option<PathBuf>,
     /// Distributed training (`--dist-url`, `--world-size`, `--rank`, ...).
     pub dist: DistFlags,
+    /// Distributed: also check that the ranks' parameters are identical every N steps (always done at
+    /// the end of each epoch).
+    pub check_replicas: Option<u64>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -321,6 +324,9 @@ impl TrainConfig {
             );
         }
         self.dist.validate()?;
+        if self.check_replicas == Some(0) {
+            return bad("--check-replicas", "must be at least 1 (steps)".into());
+        }
         if self.pretrained.as_deref() == Some(Path::new("")) {
             return bad(
                 "--pretrained",
@@ -350,6 +356,8 @@ pub struct Plan {
     pub start_epoch: u64,
     /// This process's rank in a distributed run.
     pub dist: Option<Rank>,
+    /// `--check-replicas`.
+    pub check_replicas: Option<u64>,
     /// Loader threads and mini-batch size of this process: with `--multiprocessing-distributed`, the
     /// node's (as given) divided among its processes, as `main.py` does; otherwise as given.
     pub workers: usize,
@@ -417,6 +425,7 @@ impl Plan {
                 .or(checkpoint.map(|c| c.meta.epoch))
                 .unwrap_or(0),
             dist,
+            check_replicas: cfg.check_replicas,
             workers,
             batch_size,
             print_freq: cfg.print_freq.unwrap_or(DEFAULT_PRINT_FREQ),
@@ -437,7 +446,7 @@ impl Plan {
 /// the batch divided (it must divide evenly here, so that the global batch is the one given), the
 /// threads rounded up.
 pub fn per_process(batch: usize, workers: usize, nproc: usize) -> Result<(usize, usize)> {
-    if batch % nproc != 0 {
+    if !batch.is_multiple_of(nproc) {
         return bad(
             "--batch-size",
             format!(

@@ -132,6 +132,17 @@ pub enum TrainError {
         what: String,
         message: String,
     },
+    /// The ranks of a distributed run no longer hold the same weights.
+    #[error(
+        "the ranks' models differ {when}: {name} sums to {min} on one rank and {max} on another \
+         (data-parallel replicas must stay identical)"
+    )]
+    ReplicasDiffer {
+        when: String,
+        name: String,
+        min: f64,
+        max: f64,
+    },
     /// A rank started by `--multiprocessing-distributed` failed; the launcher stopped the others.
     #[error("rank {rank} (pid {pid}) {how}; stopped the other {stopped} rank(s) of this node")]
     RankFailed {

@@ -187,6 +187,10 @@ struct Args {
         value_name = "N"
     )]
     nproc_per_node: Option<usize>,
+    /// Distributed: also check every N steps that all ranks hold identical parameters (always checked at
+    /// the end of each epoch).
+    #[arg(long = "check-replicas", value_name = "N")]
+    check_replicas: Option<u64>,
     /// Distributed: seconds the rendezvous and each collective wait for the other ranks [default: 1800].
     #[arg(
         long = "dist-timeout",
@@ -277,6 +281,7 @@ impl Args {
                     }
                 }),
             },
+            check_replicas: self.check_replicas,
             args: argv,
         }
     }

@@ -172,11 +172,19 @@ struct DataParallel {
     group: Rc<ProcessGroup>,
     reducer: Reducer,
     buffers: Vec<Tensor>,
+    /// The parameters by name, for [`DataParallel::check_replicas`].
+    params: Vec<(String, Tensor)>,
+    /// Also check the replicas every this many steps (`--check-replicas`); always at an epoch's end.
+    check_every: Option<u64>,
 }
 
 impl DataParallel {
     /// Rank 0's parameters and buffers copied to every rank (DDP's start), then the reducer.
-    fn new(group: Rc<ProcessGroup>, vs: &VarStore) -> Result<DataParallel> {
+    fn new(
+        group: Rc<ProcessGroup>,
+        vs: &VarStore,
+        check_every: Option<u64>,
+    ) -> Result<DataParallel> {
         // By name: the same order on every rank (the store's map has no order of its own).
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -185,17 +193,60 @@ impl DataParallel {
             .broadcast(&all, 0)
             .map_err(|e| collective(&group, "copying rank 0's model to every rank", e))?;
         let trainable = vs.trainable_variables();
-        let buffers = named
-            .into_iter()
-            .filter(|(_, t)| !t.requires_grad())
-            .map(|(_, t)| t)
-            .collect();
+        let (params, buffers): (Vec<_>, Vec<_>) =
+            named.into_iter().partition(|(_, t)| t.requires_grad());
+        let buffers = buffers.into_iter().map(|(_, t)| t).collect();
         let reducer = group.reducer(&trainable, BUCKET_CAP_BYTES)?;
         Ok(DataParallel {
             group,
             reducer,
             buffers,
+            params,
+            check_every,
         })
+    }
+
+    /// Fails unless every rank holds the same parameters: each one's sum (in f64) is compared over the
+    /// ranks (their minimum and maximum must be equal, bit for bit), and the first that differs is named.
+    /// Data parallelism keeps them equal by construction; this catches what would break it silently (a
+    /// rank that skipped a step, a different optimizer state). Buffers are left out: each rank's
+    /// BatchNorm statistics follow its own batches until rank 0's are broadcast before the next forward
+    /// pass, as in DDP.
+    fn check_replicas(&self, when: &str) -> Result<()> {
+        let what = || format!("checking the replicas {when}");
+        let sums = self
+            .params
+            .iter()
+            .map(|(_, t)| t.f_sum(Kind::Double))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .during(what)?;
+        let local = Vec::<f64>::try_from(
+            &Tensor::f_stack(&sums, 0)
+                .and_then(|t| t.f_to_device(Device::Cpu))
+                .during(what)?,
+        )
+        .during(what)?;
+        let g = &self.group;
+        let min = g
+            .all_reduce(&local, ReduceOp::Min)
+            .map_err(|e| collective(g, &what(), e))?;
+        let max = g
+            .all_reduce(&local, ReduceOp::Max)
+            .map_err(|e| collective(g, &what(), e))?;
+        let differs = self
+            .params
+            .iter()
+            .zip(min.iter().zip(&max))
+            .find(|(_, (lo, hi))| lo.to_bits() != hi.to_bits());
+        if let Some(((name, _), (lo, hi))) = differs {
+            return Err(TrainError::ReplicasDiffer {
+                when: when.to_owned(),
+                name: name.clone(),
+                min: *lo,
+                max: *hi,
+            });
+        }
+        Ok(())
     }
 
     /// Rank 0's buffers to every rank.
@@ -402,7 +453,9 @@ impl Trainer {
                 scaler = Some(ck.meta.scaler.unwrap_or_default());
             }
         }
-        let dp = group.map(|g| DataParallel::new(g, &vs)).transpose()?;
+        let dp = group
+            .map(|g| DataParallel::new(g, &vs, plan.check_replicas))
+            .transpose()?;
         Ok(Trainer {
             device: plan.device.device,
             cuda,
@@ -672,6 +725,16 @@ impl Trainer {
             let lr = self.schedule.lr(epoch, k, steps);
             let step_before = self.global_step;
             let rb = self.step(batch, lr, epoch, k)?;
+            if let Some(dp) = &self.dp
+                && dp
+                    .check_every
+                    .is_some_and(|n| self.global_step.is_multiple_of(n))
+            {
+                dp.check_replicas(&format!(
+                    "after step {} (--check-replicas)",
+                    self.global_step
+                ))?;
+            }
             if let Some((p, g)) = pending.push((rb, step_before)) {
                 self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
                 steps_done += 1;
@@ -683,6 +746,7 @@ impl Trainer {
         }
         let mut images = clock.images;
         if let Some(dp) = &self.dp {
+            dp.check_replicas(&format!("at the end of epoch {epoch}"))?;
             // The epoch's numbers over every rank's samples.
             m.all_reduce(&dp.group)?;
             let total = dp
