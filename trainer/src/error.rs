@@ -50,8 +50,8 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    /// A run record in the output folder (`metrics.jsonl`, `summary.csv`, `run.json`) cannot be read or
-    /// written.
+    /// A run record in the output folder (`metrics.jsonl`, `summary.csv`, `run.json`, TensorBoard
+    /// events) cannot be read or written.
     #[error("run record {}", path.display())]
     RunRecord {
         path: PathBuf,

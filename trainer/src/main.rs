@@ -96,8 +96,8 @@ struct Args {
     /// Synthetic batches made on the device (no files, no decoding): measures the device alone.
     #[arg(long)]
     dummy: bool,
-    /// Folder for checkpoint.safetensors, model_best.safetensors, metrics.jsonl, summary.csv and run.json
-    /// [default: .].
+    /// Folder for checkpoint.safetensors, model_best.safetensors, metrics.jsonl, summary.csv, run.json and
+    /// TensorBoard event files (tensorboard --logdir DIR) [default: .].
     #[arg(long = "output_dir", visible_alias = "output-dir", value_name = "DIR")]
     output_dir: Option<PathBuf>,
     /// Mixed precision [default: bf16 on CUDA, off on the CPU].

@@ -74,7 +74,7 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// The host's name (Linux), else `$HOSTNAME`, else empty.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()

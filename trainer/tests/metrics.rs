@@ -326,3 +326,118 @@ fn plot_a_real_run() {
     }
     assert!(svg.matches("<polyline").count() >= 5, "no lines drawn");
 }
+
+/// Runs a Python helper of `tests/ref` with `py` and parses the JSON it prints.
+fn ref_json(py: &Path, script: &str, arg: &Path) -> Value {
+    let out = std::process::Command::new(py)
+        .arg(crate::support::crate_file(&format!("tests/ref/{script}")))
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The scalars TensorBoard shows for `dir` are those of its `metrics.jsonl`, once each, in order, as f32.
+fn tensorboard_matches_metrics(py: &Path, dir: &Path) {
+    let mut expected: std::collections::BTreeMap<String, Vec<(u64, f32)>> = Default::default();
+    for r in records(dir) {
+        let (step, scalars) = imgtrain::tensorboard::scalars(&r);
+        for (tag, v) in scalars {
+            expected.entry(tag).or_default().push((step, v as f32));
+        }
+    }
+    let read = ref_json(py, "read_tensorboard.py", dir);
+    let actual: std::collections::BTreeMap<String, Vec<(u64, f32)>> = read
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(tag, events)| {
+            let events = events
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap(), e[1].as_f64().unwrap() as f32));
+            (tag.clone(), events.collect())
+        })
+        .collect();
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (tag, want) in &expected {
+        assert_eq!(&actual[tag], want, "{tag} in {}", dir.display());
+    }
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "val/top1",
+        "epoch/val_top1",
+        "epoch/images_per_sec",
+    ] {
+        assert!(expected.contains_key(tag), "{tag}");
+    }
+}
+
+/// TensorBoard reads the events of a run and of its resume as `metrics.jsonl` has them: what a run wrote
+/// for an epoch it never finished (planted here) is hidden by the resume, not shown twice.
+#[test]
+fn tensorboard_events_across_a_resume() {
+    let Some(py) = crate::support::ref_python() else {
+        return;
+    };
+    let runs = runs();
+    tensorboard_matches_metrics(&py, &runs.straight);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    for entry in std::fs::read_dir(&runs.first_epoch).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
+    }
+    let e0 = epochs(&records(&out)).pop().unwrap();
+    // A run that died during epoch 1 after some records: its own events file, after the first's.
+    let g = e0.global_step;
+    let mut died = imgtrain::tensorboard::EventFile::create(&out, g + 1).unwrap();
+    let planted_step = Progress {
+        epoch: 1,
+        step: 1,
+        steps: 3,
+        global_step: g + 1,
+        lr: 0.1,
+        loss: 99.0,
+        top1: 99.0,
+        top5: 99.0,
+        images_per_sec: 1.0,
+        data_wait: Some(0.5),
+        bad_samples: 0,
+    };
+    died.record(&Record::Train(planted_step)).unwrap();
+    let mut planted_epoch = e0.clone();
+    planted_epoch.epoch = 1;
+    planted_epoch.global_step = g + 3;
+    planted_epoch.val_top1 = 99.0;
+    died.record(&Record::Epoch(planted_epoch)).unwrap();
+    drop(died);
+
+    train(
+        &out,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+        ],
+    );
+    let files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy()
+                .starts_with(imgtrain::tensorboard::EVENTS_PREFIX)
+        })
+        .count();
+    assert_eq!(files, 3, "the first run's, the planted and the resume's");
+    tensorboard_matches_metrics(&py, &out);
+}
