@@ -59,6 +59,8 @@ pub struct TrainConfig {
     pub val_labels: Option<PathBuf>,
     /// Synset list for the val labels (`--synsets`).
     pub synsets: Option<PathBuf>,
+    /// Log the run's records to Weights & Biases too (`--enable_wandb`); `None`: no W&B.
+    pub wandb: Option<crate::wandb::WandbConfig>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }

@@ -58,6 +58,10 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// `--enable_wandb` cannot work: `python` (the interpreter for the W&B sidecar) is missing, lacks the
+    /// `wandb` package, or the sidecar does not start.
+    #[error("--enable_wandb: {}: {reason}", python.display())]
+    Wandb { python: PathBuf, reason: String },
     /// A checkpoint cannot be read, is not ours, or does not fit the model.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },

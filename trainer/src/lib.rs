@@ -8,7 +8,8 @@
 //! [`config::Plan`]), [`data`] (where the splits are), [`feed`] (batches into tensors on the device),
 //! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`], and the run's
 //! records in its output folder: [`metrics`] (`metrics.jsonl`, `summary.csv`, and the same numbers as
-//! [`tensorboard`] event files) and [`run_info`] (`run.json`).
+//! [`tensorboard`] event files and, with `--enable_wandb`, in Weights & Biases through [`wandb`]) and
+//! [`run_info`] (`run.json`).
 
 pub mod amp;
 pub mod bridge;
@@ -27,6 +28,7 @@ pub mod schedule;
 pub mod tensorboard;
 pub mod train;
 pub mod trainer;
+pub mod wandb;
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};

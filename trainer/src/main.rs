@@ -10,6 +10,7 @@ use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
 use imgtrain::config::RecipeFlags;
 use imgtrain::schedule::LrSchedule;
+use imgtrain::wandb::WandbConfig;
 use imgtrain::{RunSummary, TrainConfig};
 
 /// Train image classifiers with libtorch, fed by the imgloader pipeline.
@@ -151,6 +152,26 @@ struct Args {
     /// LOC_synset_mapping.txt.
     #[arg(long, value_name = "FILE")]
     synsets: Option<PathBuf>,
+    /// Log the run to Weights & Biases too, through a Python sidecar that needs the wandb package in
+    /// $IMGTRAIN_PYTHON (default: python3). W&B's own variables apply (WANDB_MODE=offline, WANDB_DIR, ...).
+    #[arg(long = "enable_wandb", visible_alias = "enable-wandb")]
+    enable_wandb: bool,
+    /// W&B project [default: imgtrain].
+    #[arg(
+        long = "wandb-project",
+        visible_alias = "wandb_project",
+        value_name = "NAME",
+        requires = "enable_wandb"
+    )]
+    wandb_project: Option<String>,
+    /// W&B run name [default: the output folder's name].
+    #[arg(
+        long = "wandb-name",
+        visible_alias = "wandb_name",
+        value_name = "NAME",
+        requires = "enable_wandb"
+    )]
+    wandb_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -209,6 +230,12 @@ impl Args {
             jpeg: self.jpeg,
             val_labels: self.val_labels,
             synsets: self.synsets,
+            wandb: self.enable_wandb.then(|| WandbConfig {
+                project: self
+                    .wandb_project
+                    .unwrap_or_else(|| imgtrain::wandb::DEFAULT_PROJECT.to_owned()),
+                name: self.wandb_name,
+            }),
             args: argv,
         }
     }

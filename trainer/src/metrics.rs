@@ -1,7 +1,9 @@
 //! The numbers of a training run, as files in `--output_dir` that tools and people read while it runs and
 //! after: `metrics.jsonl` and `summary.csv`.
 //!
-//! The same records go to a TensorBoard event file beside them ([`crate::tensorboard`]).
+//! The same records go to a TensorBoard event file beside them ([`crate::tensorboard`]) and, with
+//! `--enable_wandb`, to Weights & Biases through a sidecar that follows `metrics.jsonl`
+//! ([`crate::wandb`]).
 //!
 //! `metrics.jsonl` holds one JSON object per line ([`Record`]): a `train` or `val` record each time a
 //! progress line is printed (the running averages of the line, so the file and the log agree), and one
@@ -29,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 use crate::tensorboard::EventFile;
 use crate::trainer::{EpochStats, ValStats};
+use crate::wandb::Sidecar;
 
 /// The JSON-lines file of a run.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -236,12 +239,14 @@ fn row_epoch(line: &str) -> Option<u64> {
 }
 
 /// Writes `metrics.jsonl`, `summary.csv` and the TensorBoard events of a training run (see the module
-/// docs).
+/// docs), and holds the W&B sidecar following them, if any, until the run ends.
 #[derive(Debug)]
 pub struct MetricsLog {
     jsonl: RefCell<LineFile>,
     csv: LineFile,
     events: RefCell<EventFile>,
+    /// Dropped last: it finishes once the files above are complete.
+    sidecar: Option<Sidecar>,
 }
 
 impl MetricsLog {
@@ -290,7 +295,14 @@ impl MetricsLog {
             jsonl,
             csv,
             events,
+            sidecar: None,
         })
+    }
+
+    /// Hands the log a W&B sidecar following its `metrics.jsonl`; dropping the log ends the sidecar
+    /// after its last record and waits for it.
+    pub fn attach(&mut self, sidecar: Sidecar) {
+        self.sidecar = Some(sidecar);
     }
 
     /// Appends one record to `metrics.jsonl` and writes its scalars to the TensorBoard events.
