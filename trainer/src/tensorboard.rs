@@ -1,8 +1,8 @@
 //! TensorBoard event files: the scalars of `metrics.jsonl`, for `tensorboard --logdir RUN_DIR`.
 //!
-//! Written by hand rather than with a crate: the Rust TensorBoard writers found (tensorboard-rs, inactive
-//! since 2022, pulls in protobuf 2 and image 0.23; tfrecord, a large dependency tree; tboard and
-//! syntaxdot-summary, little used) bring more than the ~100 lines a scalar writer takes. What is written:
+//! Written by hand (with the `crc32c` crate) rather than with a TensorBoard crate: those found bring more
+//! than the ~100 lines a scalar writer takes (tensorboard-rs: inactive since 2022, pulls in protobuf 2 and
+//! image 0.23; tfrecord: a large dependency tree for tensors, images and async). What is written:
 //!
 //! - TFRecord framing: the payload's length (u64 LE), the masked CRC-32C of those 8 bytes, the payload, the
 //!   masked CRC-32C of the payload.
