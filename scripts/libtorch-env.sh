@@ -15,6 +15,8 @@
 IMG_TORCH_VERSION="2.11.0"
 IMG_CUDA_HEADERS_VERSION="13.0.*"
 IMG_TORCHVISION_VERSION="0.26.0"
+IMG_TENSORBOARD_VERSION="2.21.0"
+IMG_WANDB_VERSION="0.31.0"
 
 _img_say() { printf '[libtorch] %s\n' "$*" >&2; }
 _img_die() {
@@ -135,6 +137,15 @@ _img_ensure_libtorch() {
             "torchvision==$IMG_TORCHVISION_VERSION" pillow "torch==$IMG_TORCH_VERSION" ||
             { _img_die "pip install torchvision==$IMG_TORCHVISION_VERSION failed (see above)"; return 1; }
         touch "$venv/.reference-complete"
+    fi
+    # What the metrics tests read a run's records back with: TensorBoard's event reader and the wandb
+    # package (offline runs). Pinned, like the references, so a fresh machine gets what the tests met.
+    if [[ ! -f "$venv/.observability-complete" ]]; then
+        _img_say "installing tensorboard==$IMG_TENSORBOARD_VERSION and wandb==$IMG_WANDB_VERSION into $venv"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q \
+            "tensorboard==$IMG_TENSORBOARD_VERSION" "wandb==$IMG_WANDB_VERSION" "torch==$IMG_TORCH_VERSION" ||
+            { _img_die "pip install tensorboard wandb failed (see above)"; return 1; }
+        touch "$venv/.observability-complete"
     fi
     # Tests that cross-check against PIL/torchvision run this interpreter.
     export IMG_PYTHON="$venv/bin/python"

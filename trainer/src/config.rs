@@ -65,6 +65,8 @@ pub struct TrainConfig {
     /// Distributed: also check that the ranks' parameters are identical every N steps (always done at
     /// the end of each epoch).
     pub check_replicas: Option<u64>,
+    /// Log the run's records to Weights & Biases too (`--enable_wandb`); `None`: no W&B.
+    pub wandb: Option<crate::wandb::WandbConfig>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }

@@ -50,14 +50,18 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    /// A run record in the output folder (`metrics.jsonl`, `summary.csv`, `run.json`) cannot be read or
-    /// written.
+    /// A run record in the output folder (`metrics.jsonl`, `summary.csv`, `run.json`, TensorBoard
+    /// events) cannot be read or written.
     #[error("run record {}", path.display())]
     RunRecord {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    /// `--enable_wandb` cannot work: `python` (the interpreter for the W&B sidecar) is missing, lacks the
+    /// `wandb` package, or the sidecar does not start.
+    #[error("--enable_wandb: {}: {reason}", python.display())]
+    Wandb { python: PathBuf, reason: String },
     /// A checkpoint cannot be read, is not ours, or does not fit the model.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },

@@ -7,7 +7,9 @@
 //! The pieces, in the order a run meets them: [`config`] (the command line, resolved once into a
 //! [`config::Plan`]), [`data`] (where the splits are), [`feed`] (batches into tensors on the device),
 //! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`], and the run's
-//! records in its output folder: [`metrics`] (`metrics.jsonl`, `summary.csv`) and [`run_info`] (`run.json`).
+//! records in its output folder: [`metrics`] (`metrics.jsonl`, `summary.csv`, and the same numbers as
+//! [`tensorboard`] event files and, with `--enable_wandb`, in Weights & Biases through [`wandb`]) and
+//! [`run_info`] (`run.json`).
 
 pub mod amp;
 pub mod bridge;
@@ -25,8 +27,10 @@ pub mod models;
 pub mod optim;
 pub mod run_info;
 pub mod schedule;
+pub mod tensorboard;
 pub mod train;
 pub mod trainer;
+pub mod wandb;
 
 pub use config::TrainConfig;
 pub use error::{Result, TrainError};

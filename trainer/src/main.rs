@@ -12,6 +12,7 @@ use imgtrain::amp::Amp;
 use imgtrain::config::RecipeFlags;
 use imgtrain::dist::{Backend, DistFlags};
 use imgtrain::schedule::LrSchedule;
+use imgtrain::wandb::WandbConfig;
 use imgtrain::{RunSummary, TrainConfig};
 
 /// Train image classifiers with libtorch, fed by the imgloader pipeline.
@@ -98,8 +99,8 @@ struct Args {
     /// Synthetic batches made on the device (no files, no decoding): measures the device alone.
     #[arg(long)]
     dummy: bool,
-    /// Folder for checkpoint.safetensors, model_best.safetensors, metrics.jsonl, summary.csv and run.json
-    /// [default: .].
+    /// Folder for checkpoint.safetensors, model_best.safetensors, metrics.jsonl, summary.csv, run.json and
+    /// TensorBoard event files (tensorboard --logdir DIR) [default: .].
     #[arg(long = "output_dir", visible_alias = "output-dir", value_name = "DIR")]
     output_dir: Option<PathBuf>,
     /// Mixed precision [default: bf16 on CUDA, off on the CPU].
@@ -198,6 +199,26 @@ struct Args {
         value_name = "SECONDS"
     )]
     dist_timeout: Option<f64>,
+    /// Log the run to Weights & Biases too, through a Python sidecar that needs the wandb package in
+    /// $IMGTRAIN_PYTHON (default: python3). W&B's own variables apply (WANDB_MODE=offline, WANDB_DIR, ...).
+    #[arg(long = "enable_wandb", visible_alias = "enable-wandb")]
+    enable_wandb: bool,
+    /// W&B project [default: imgtrain].
+    #[arg(
+        long = "wandb-project",
+        visible_alias = "wandb_project",
+        value_name = "NAME",
+        requires = "enable_wandb"
+    )]
+    wandb_project: Option<String>,
+    /// W&B run name [default: the output folder's name].
+    #[arg(
+        long = "wandb-name",
+        visible_alias = "wandb_name",
+        value_name = "NAME",
+        requires = "enable_wandb"
+    )]
+    wandb_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -282,6 +303,12 @@ impl Args {
                 }),
             },
             check_replicas: self.check_replicas,
+            wandb: self.enable_wandb.then(|| WandbConfig {
+                project: self
+                    .wandb_project
+                    .unwrap_or_else(|| imgtrain::wandb::DEFAULT_PROJECT.to_owned()),
+                name: self.wandb_name,
+            }),
             args: argv,
         }
     }

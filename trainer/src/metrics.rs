@@ -1,6 +1,10 @@
 //! The numbers of a training run, as files in `--output_dir` that tools and people read while it runs and
 //! after: `metrics.jsonl` and `summary.csv`.
 //!
+//! The same records go to a TensorBoard event file beside them ([`crate::tensorboard`]) and, with
+//! `--enable_wandb`, to Weights & Biases through a sidecar that follows `metrics.jsonl`
+//! ([`crate::wandb`]).
+//!
 //! `metrics.jsonl` holds one JSON object per line ([`Record`]): a `train` or `val` record each time a
 //! progress line is printed (the running averages of the line, so the file and the log agree), and one
 //! `epoch` record after each epoch's validation. `summary.csv` holds one row per epoch, with timm's
@@ -25,7 +29,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::tensorboard::EventFile;
 use crate::trainer::{EpochStats, ValStats};
+use crate::wandb::Sidecar;
 
 /// The JSON-lines file of a run.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -53,6 +59,14 @@ impl Record {
         match self {
             Record::Train(p) | Record::Val(p) => p.epoch,
             Record::Epoch(e) => e.epoch,
+        }
+    }
+
+    /// The run's optimizer steps so far when the record was written.
+    pub fn global_step(&self) -> u64 {
+        match self {
+            Record::Train(p) | Record::Val(p) => p.global_step,
+            Record::Epoch(e) => e.global_step,
         }
     }
 }
@@ -224,22 +238,34 @@ fn row_epoch(line: &str) -> Option<u64> {
     line.split(',').next()?.trim().parse().ok()
 }
 
-/// Writes `metrics.jsonl` and `summary.csv` of a training run (see the module docs).
+/// Writes `metrics.jsonl`, `summary.csv` and the TensorBoard events of a training run (see the module
+/// docs), and holds the W&B sidecar following them, if any, until the run ends.
 #[derive(Debug)]
 pub struct MetricsLog {
     jsonl: RefCell<LineFile>,
     csv: LineFile,
+    events: RefCell<EventFile>,
+    /// Dropped last: it finishes once the files above are complete.
+    sidecar: Option<Sidecar>,
 }
 
 impl MetricsLog {
     /// Opens the files in `dir` for a run starting at `start_epoch`: drops what an earlier run wrote for
     /// epochs from `start_epoch` on (and any torn last line), saying so, and writes `summary.csv`'s header
-    /// when the file is new. A `summary.csv` with another header is started afresh.
+    /// when the file is new. A `summary.csv` with another header is started afresh. Starts a new
+    /// TensorBoard event file that hides earlier files' steps past the kept records.
     pub fn open(dir: &Path, start_epoch: u64) -> Result<MetricsLog> {
         let jsonl_path = dir.join(METRICS_FILE);
         let csv_path = dir.join(SUMMARY_FILE);
+        let mut last_kept_step = 0;
         let dropped_json = trim_file(&jsonl_path, |_, line| {
-            serde_json::from_str::<Record>(line).is_ok_and(|r| r.epoch() < start_epoch)
+            let kept = serde_json::from_str::<Record>(line)
+                .ok()
+                .filter(|r| r.epoch() < start_epoch);
+            if let Some(r) = &kept {
+                last_kept_step = last_kept_step.max(r.global_step());
+            }
+            kept.is_some()
         })?;
         let mut same_header = true;
         let dropped_csv = trim_file(&csv_path, |i, line| {
@@ -263,16 +289,27 @@ impl MetricsLog {
         if new_csv {
             csv.append(SUMMARY_HEADER)?;
         }
+        let jsonl = RefCell::new(LineFile::open(jsonl_path)?);
+        let events = RefCell::new(EventFile::create(dir, last_kept_step + 1)?);
         Ok(MetricsLog {
-            jsonl: RefCell::new(LineFile::open(jsonl_path)?),
+            jsonl,
             csv,
+            events,
+            sidecar: None,
         })
     }
 
-    /// Appends one record to `metrics.jsonl`.
+    /// Hands the log a W&B sidecar following its `metrics.jsonl`; dropping the log ends the sidecar
+    /// after its last record and waits for it.
+    pub fn attach(&mut self, sidecar: Sidecar) {
+        self.sidecar = Some(sidecar);
+    }
+
+    /// Appends one record to `metrics.jsonl` and writes its scalars to the TensorBoard events.
     pub fn record(&self, record: &Record) -> Result<()> {
         let line = serde_json::to_string(record).expect("records serialise");
-        self.jsonl.borrow_mut().append(&line)
+        self.jsonl.borrow_mut().append(&line)?;
+        self.events.borrow_mut().record(record)
     }
 
     /// Appends an epoch's record to `metrics.jsonl` and its row to `summary.csv`. Call it before the

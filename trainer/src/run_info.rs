@@ -74,7 +74,7 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// The host's name (Linux), else `$HOSTNAME`, else empty.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .ok()
@@ -184,8 +184,9 @@ impl RunInfo {
     }
 }
 
-/// What a run records in its output folder before its first step: `run.json` written, and the metrics
-/// files opened (see [`crate::metrics`]). Nothing for `--evaluate`.
+/// What a run records in its output folder before its first step: `run.json` written, the metrics
+/// files opened (see [`crate::metrics`]), and with `--enable_wandb` the W&B sidecar started on them
+/// (its Python checked first, before anything is written). Nothing for `--evaluate`.
 pub fn start_records(
     cfg: &crate::TrainConfig,
     plan: &Plan,
@@ -193,12 +194,24 @@ pub fn start_records(
     if cfg.evaluate {
         return Ok(None);
     }
+    let wandb_python = crate::wandb::python();
+    if cfg.wandb.is_some() {
+        crate::wandb::check(&wandb_python)?;
+    }
     remove_stale_temporaries(&plan.output_dir)?;
     let info = RunInfo::new(plan, &cfg.args, cfg.data.as_deref(), cfg.resume.as_deref());
     if let Some(kept) = info.write(&plan.output_dir)? {
         println!("=> kept the earlier run's {RUN_FILE} as {}", kept.display());
     }
-    crate::metrics::MetricsLog::open(&plan.output_dir, plan.start_epoch).map(Some)
+    let mut log = crate::metrics::MetricsLog::open(&plan.output_dir, plan.start_epoch)?;
+    if let Some(w) = &cfg.wandb {
+        log.attach(crate::wandb::Sidecar::start(
+            &wandb_python,
+            &plan.output_dir,
+            w,
+        )?);
+    }
+    Ok(Some(log))
 }
 
 /// Removes the temporary files a killed run left while rewriting a record (those of a live process are

@@ -326,3 +326,272 @@ fn plot_a_real_run() {
     }
     assert!(svg.matches("<polyline").count() >= 5, "no lines drawn");
 }
+
+/// Runs a Python helper of `tests/ref` with `py` and parses the JSON it prints.
+fn ref_json(py: &Path, script: &str, arg: &Path) -> Value {
+    let out = std::process::Command::new(py)
+        .arg(crate::support::crate_file(&format!("tests/ref/{script}")))
+        .arg(arg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The scalars TensorBoard shows for `dir` are those of its `metrics.jsonl`, once each, in order, as f32.
+fn tensorboard_matches_metrics(py: &Path, dir: &Path) {
+    let mut expected: std::collections::BTreeMap<String, Vec<(u64, f32)>> = Default::default();
+    for r in records(dir) {
+        let (step, scalars) = imgtrain::tensorboard::scalars(&r);
+        for (tag, v) in scalars {
+            expected.entry(tag).or_default().push((step, v as f32));
+        }
+    }
+    let read = ref_json(py, "read_tensorboard.py", dir);
+    let actual: std::collections::BTreeMap<String, Vec<(u64, f32)>> = read
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(tag, events)| {
+            let events = events
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e[0].as_u64().unwrap(), e[1].as_f64().unwrap() as f32));
+            (tag.clone(), events.collect())
+        })
+        .collect();
+    assert_eq!(
+        actual.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (tag, want) in &expected {
+        assert_eq!(&actual[tag], want, "{tag} in {}", dir.display());
+    }
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "val/top1",
+        "epoch/val_top1",
+        "epoch/images_per_sec",
+    ] {
+        assert!(expected.contains_key(tag), "{tag}");
+    }
+}
+
+/// TensorBoard reads the events of a run and of its resume as `metrics.jsonl` has them: what a run wrote
+/// for an epoch it never finished (planted here) is hidden by the resume, not shown twice.
+#[test]
+fn tensorboard_events_across_a_resume() {
+    let Some(py) = crate::support::ref_python() else {
+        return;
+    };
+    let runs = runs();
+    tensorboard_matches_metrics(&py, &runs.straight);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir(&out).unwrap();
+    for entry in std::fs::read_dir(&runs.first_epoch).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
+    }
+    let e0 = epochs(&records(&out)).pop().unwrap();
+    // A run that died during epoch 1 after some records: its own events file, after the first's.
+    let g = e0.global_step;
+    let mut died = imgtrain::tensorboard::EventFile::create(&out, g + 1).unwrap();
+    let planted_step = Progress {
+        epoch: 1,
+        step: 1,
+        steps: 3,
+        global_step: g + 1,
+        lr: 0.1,
+        loss: 99.0,
+        top1: 99.0,
+        top5: 99.0,
+        images_per_sec: 1.0,
+        data_wait: Some(0.5),
+        bad_samples: 0,
+    };
+    died.record(&Record::Train(planted_step)).unwrap();
+    let mut planted_epoch = e0.clone();
+    planted_epoch.epoch = 1;
+    planted_epoch.global_step = g + 3;
+    planted_epoch.val_top1 = 99.0;
+    died.record(&Record::Epoch(planted_epoch)).unwrap();
+    drop(died);
+
+    train(
+        &out,
+        &[
+            "--epochs",
+            "2",
+            "--resume",
+            out.join("checkpoint.safetensors").to_str().unwrap(),
+        ],
+    );
+    let files = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy()
+                .starts_with(imgtrain::tensorboard::EVENTS_PREFIX)
+        })
+        .count();
+    assert_eq!(files, 3, "the first run's, the planted and the resume's");
+    tensorboard_matches_metrics(&py, &out);
+}
+
+/// A script standing for a Python without wandb: python3 without its site-packages.
+fn python_without_wandb(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("python-no-wandb");
+    std::fs::write(&path, "#!/bin/sh\nexec python3 -S \"$@\"\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// `--enable_wandb` with an offline W&B: the W&B run holds every record of `metrics.jsonl`, with
+/// `run.json` as its config, and imgtrain ends only after the sidecar has logged them.
+#[test]
+fn wandb_offline_run_holds_the_metrics() {
+    let Some(py) = crate::support::ref_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let wandb_dir = dir.path().join("wandb-dir");
+    std::fs::create_dir(&wandb_dir).unwrap();
+    let result = imgtrain()
+        .arg(dataset())
+        .args(SMALL)
+        .args(["--epochs", "1", "--enable_wandb", "--wandb-name", "small"])
+        .arg("--output_dir")
+        .arg(&out)
+        .env("IMGTRAIN_PYTHON", &py)
+        .env("WANDB_MODE", "offline")
+        .env("WANDB_DIR", &wandb_dir)
+        .env("WANDB_SILENT", "true")
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}\n{}",
+        stdout(&result),
+        stderr(&result)
+    );
+    assert!(!stderr(&result).contains("warning"), "{}", stderr(&result));
+    let runs = ref_json(&py, "read_wandb.py", &wandb_dir);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["name"], "small");
+    let run_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["plan"], run_json["plan"]);
+    assert_eq!(run["config"]["command_line"], run_json["command_line"]);
+
+    let recs = records(&out);
+    let history = run["history"].as_array().unwrap();
+    assert_eq!(history.len(), recs.len());
+    for (row, r) in history.iter().zip(&recs) {
+        let Value::Object(fields) = serde_json::to_value(r).unwrap() else {
+            unreachable!()
+        };
+        let kind = fields["kind"].as_str().unwrap();
+        assert_eq!(row["global_step"], fields["global_step"]);
+        for (k, v) in fields.iter().filter(|(_, v)| v.is_number()) {
+            let logged = &row[format!("{kind}/{k}")];
+            assert_eq!(logged.as_f64(), v.as_f64(), "{kind}/{k}: {row}");
+        }
+    }
+}
+
+/// `--enable_wandb` without the wandb package (or without the interpreter) stops the run before it
+/// writes anything, naming the interpreter and the fix.
+#[test]
+fn wandb_without_the_package_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_wandb = python_without_wandb(dir.path());
+    let missing = dir.path().join("no-such-python");
+    for (python, says) in [
+        (
+            &no_wandb,
+            "cannot import wandb (ModuleNotFoundError: No module named 'wandb')",
+        ),
+        (&missing, "cannot run it"),
+    ] {
+        let out_dir = dir.path().join("run");
+        let out = imgtrain()
+            .arg(dataset())
+            .args(SMALL)
+            .args(["--epochs", "1", "--enable-wandb"])
+            .arg("--output_dir")
+            .arg(&out_dir)
+            .env("IMGTRAIN_PYTHON", python)
+            .output()
+            .unwrap();
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert!(!out.status.success(), "{o}\n{e}");
+        assert!(!o.contains("Epoch: ["), "training started:\n{o}");
+        let head = format!(
+            "imgtrain: error: --enable_wandb: {}: {says}",
+            python.display()
+        );
+        assert!(e.starts_with(&head), "{e}");
+        assert!(e.contains("IMGTRAIN_PYTHON"), "{e}");
+        if python == &no_wandb {
+            assert!(e.contains(" -m pip install wandb`"), "{e}");
+        }
+        assert!(!out_dir.join("run.json").exists());
+    }
+}
+
+/// The sidecar's follower (run by itself, no training) reads appended lines once, waits for a line's
+/// end, and after the file is rewritten (atomically, or cut shorter in place: a run starting at an
+/// earlier epoch) reads only the lines that differ from what it had read.
+#[test]
+fn wandb_sidecar_follows_a_rewritten_file() {
+    let Some(py) = crate::support::ref_python() else {
+        return;
+    };
+    let check = r#"
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("sidecar", sys.argv[1])
+sidecar = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sidecar)
+path = os.path.join(sys.argv[2], "metrics.jsonl")
+follower = sidecar.Follower(path)
+assert follower.new_lines() == [], "no file yet"
+with open(path, "w") as f:
+    f.write("a\nb\nc\nhal")
+assert follower.new_lines() == ["a", "b", "c"]
+with open(path, "a") as f:
+    f.write("f\n")
+assert follower.new_lines() == ["half"]
+with open(path + ".tmp", "w") as f:
+    f.write("a\nb\nx\n")
+os.replace(path + ".tmp", path)
+assert follower.new_lines() == ["x"]
+with open(path, "r+") as f:
+    f.truncate(2)
+with open(path, "a") as f:
+    f.write("y\n")
+assert follower.new_lines() == ["y"]
+print("ok")
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(check)
+        .arg(crate::support::crate_file("scripts/wandb_sidecar.py"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && stdout(&out) == "ok\n",
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
