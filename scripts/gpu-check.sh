@@ -5,7 +5,10 @@
 #   1. device check (CUDA visible, cuDNN, a convolution forward and backward);
 #   2. --dummy (synthetic batches made on the GPU, no decoding): resnet50 and resnet18, bf16 autocast +
 #      channels_last (the defaults on CUDA), plus resnet50 in fp16 (loss scaler) and in fp32;
-#   3. real JPEGs: a generated photo-like corpus (~500x375, quality 90, what the loader benchmarks use),
+#   3. the distributed path on the one GPU: resnet50 --dummy through --multiprocessing-distributed with
+#      one NCCL process (c10d's Reducer all-reducing every gradient bucket), its images/s against the plain
+#      run's (goal: at least 98%);
+#   4. real JPEGs: a generated photo-like corpus (~500x375, quality 90, what the loader benchmarks use),
 #      trained from its tars with the loader on 16 threads: resnet50 and resnet18, reporting images/s and
 #      the share of time the GPU waited for data.
 #
@@ -64,6 +67,14 @@ step dummy-resnet50-bf16 "$carry/imgtrain" "${dummy[@]}" -a resnet50 --output_di
 step dummy-resnet18-bf16 "$carry/imgtrain" "${dummy[@]}" -a resnet18 --output_dir "$work/r18"
 step dummy-resnet50-fp16 "$carry/imgtrain" "${dummy[@]}" -a resnet50 --amp fp16 --output_dir "$work/r50h"
 step dummy-resnet50-fp32 "$carry/imgtrain" "${dummy[@]}" -a resnet50 --amp off --output_dir "$work/r50f"
+step dummy-resnet50-nccl1 "$carry/imgtrain" "${dummy[@]}" -a resnet50 --multiprocessing-distributed \
+    --nproc-per-node 1 --dist-backend nccl --output_dir "$work/r50d"
+last_rate() { grep -E '^Epoch: \[[0-9]+\] done' "$out/$1.log" | tail -n 1 | grep -oE '[0-9.]+ images/s' | cut -d' ' -f1; }
+plain=$(last_rate dummy-resnet50-bf16)
+nccl=$(last_rate dummy-resnet50-nccl1)
+if [[ -n "$plain" && -n "$nccl" ]]; then
+    awk -v p="$plain" -v d="$nccl" 'BEGIN { printf "-- NCCL world size 1 vs plain: %.1f vs %.1f images/s = %.1f%% (goal >= 98%%)\n", d, p, 100 * d / p }'
+fi
 
 data="$work/corpus"
 if [[ ! -f "$data/val.tar" ]]; then

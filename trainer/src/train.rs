@@ -254,9 +254,12 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             reason: format!("cannot quiet the standard output of a rank other than 0: {e}"),
         })?;
     }
-    // Each rank of a node on its own GPU (its local rank), as main.py's processes.
+    // Each rank of a node on its own GPU (its local rank), as main.py's processes; a process that sees
+    // one GPU only (srun --gpus-per-task 1) uses that one.
     let gpu = match &rank {
-        Some(r) if Cuda::is_available() && (r.spawned || cfg.gpu.is_none()) => Some(r.local_rank),
+        Some(r) if Cuda::is_available() && (r.spawned || cfg.gpu.is_none()) => {
+            Some(if Cuda::device_count() == 1 { 0 } else { r.local_rank })
+        }
         _ => cfg.gpu,
     };
     let info = device::select(gpu)?;
