@@ -352,6 +352,18 @@ impl Order {
             Order::Partition(s) => s.range().collect(),
         }
     }
+
+    fn indices_from(&self, epoch: u64, consumed: usize) -> Result<Vec<usize>> {
+        match self {
+            Order::Distributed(s) => s.indices_from(epoch, consumed),
+            Order::Partition(_) if consumed == 0 => Ok(self.indices(epoch)),
+            Order::Partition(_) => Err(Error::Config {
+                what: "position in the epoch",
+                reason: "an unshuffled evaluation walk (an exact partition) always starts at its beginning"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// Per-thread scratch: one decoder and one augmenter, reused for every sample the thread handles.
@@ -420,6 +432,11 @@ impl<A: Allocator> Loader<A> {
         self.order.len()
     }
 
+    /// Samples per batch (the last batch of an epoch may hold fewer).
+    pub fn batch_size(&self) -> usize {
+        self.shared.config.batch_size
+    }
+
     /// Batches this rank yields per epoch.
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.samples_per_epoch();
@@ -457,8 +474,22 @@ impl<A: Allocator> Loader<A> {
 
     /// The batches of one epoch, in sampler order. Dropping the iterator stops the work promptly.
     pub fn epoch(&self, epoch: u64) -> Epoch<'_, A> {
+        self.batches_of(epoch, self.order.indices(epoch))
+    }
+
+    /// The rest of an epoch of which `consumed` samples of the global order (all ranks together) were
+    /// read: a run stopped after `s` steps of a global batch `B` (`batch_size × world`) continues with
+    /// `epoch_from(epoch, s × B)`. The remaining samples, and each one's augmentation (a function of seed,
+    /// epoch and sample index), are those the uninterrupted epoch would have read, for any world size that
+    /// divides `consumed`; with the same global batch, the same steps too. Batches are numbered from 0 again.
+    /// Errors when `consumed` is not a multiple of the world size or past the epoch's end, and for an exact
+    /// evaluation partition (validation always starts at its beginning).
+    pub fn epoch_from(&self, epoch: u64, consumed: usize) -> Result<Epoch<'_, A>> {
+        Ok(self.batches_of(epoch, self.order.indices_from(epoch, consumed)?))
+    }
+
+    fn batches_of(&self, epoch: u64, mut indices: Vec<usize>) -> Epoch<'_, A> {
         let c = &self.shared.config;
-        let mut indices = self.order.indices(epoch);
         if c.drop_last {
             indices.truncate(indices.len() / c.batch_size * c.batch_size);
         }

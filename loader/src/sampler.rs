@@ -96,20 +96,47 @@ impl DistributedSampler {
 
     /// This rank's indices for `epoch`, into `out` (cleared first), reusing its allocation.
     pub fn fill_indices(&self, epoch: u64, out: &mut Vec<usize>) {
+        self.fill_indices_from(epoch, 0, out)
+            .expect("position 0 is always valid");
+    }
+
+    /// This rank's indices for the rest of `epoch` once `consumed` positions of the epoch's global list
+    /// (all ranks together) have been read: the positions `consumed + rank`, `consumed + rank + world`, ….
+    /// Every rank of any world size that divides `consumed` continues with the same remaining samples:
+    /// together, the ranks' next `k` indices are the global list's positions `consumed .. consumed + k *
+    /// world`. Errors unless `consumed` is a multiple of the world size and at most [`Self::total_size`].
+    pub fn indices_from(&self, epoch: u64, consumed: usize) -> Result<Vec<usize>> {
+        let mut out = Vec::new();
+        self.fill_indices_from(epoch, consumed, &mut out)?;
+        Ok(out)
+    }
+
+    fn fill_indices_from(&self, epoch: u64, consumed: usize, out: &mut Vec<usize>) -> Result<()> {
         out.clear();
-        if self.num_samples == 0 {
-            return;
+        if !consumed.is_multiple_of(self.world) || consumed > self.total_size() {
+            return Err(Error::Config {
+                what: "position in the epoch",
+                reason: format!(
+                    "{consumed} samples consumed: not a multiple of the world size {} within the epoch's {}",
+                    self.world,
+                    self.total_size()
+                ),
+            });
         }
-        out.reserve(self.num_samples);
+        if self.num_samples == 0 {
+            return Ok(());
+        }
+        out.reserve(self.num_samples - consumed / self.world);
         // Position p of the padded list is element p % len of the (shuffled) base list: padding repeats the
         // list from its start, as often as needed; truncation just stops early.
-        let positions = (self.rank..self.total_size()).step_by(self.world);
+        let positions = (consumed + self.rank..self.total_size()).step_by(self.world);
         if self.shuffle {
             let perm = permutation(self.len, self.seed.wrapping_add(epoch));
             out.extend(positions.map(|p| perm[p % self.len]));
         } else {
             out.extend(positions.map(|p| p % self.len));
         }
+        Ok(())
     }
 
     /// Whether the tail is dropped instead of padded.
@@ -165,6 +192,41 @@ impl PartitionSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn continuing_from_a_position_keeps_the_remaining_samples_on_any_world_size() {
+        let (len, seed, epoch) = (48, 5, 2);
+        // The global order: one rank reads it whole.
+        let all = DistributedSampler::new(len, 0, 1, true, seed, false)
+            .unwrap()
+            .indices(epoch);
+        for world in [1, 2, 3, 4, 6] {
+            for consumed in (0..=len).step_by(12) {
+                let mut steps: Vec<Vec<usize>> = Vec::new();
+                for rank in 0..world {
+                    let s = DistributedSampler::new(len, rank, world, true, seed, false).unwrap();
+                    let rest = s.indices_from(epoch, consumed).unwrap();
+                    // Rank r's j-th index is global position consumed + j * world + r.
+                    for (j, &i) in rest.iter().enumerate() {
+                        assert_eq!(
+                            i,
+                            all[consumed + j * world + rank],
+                            "world {world} rank {rank}"
+                        );
+                    }
+                    steps.push(rest);
+                }
+                let seen: usize = steps.iter().map(Vec::len).sum();
+                assert_eq!(seen, len - consumed);
+            }
+        }
+        let s = DistributedSampler::new(len, 1, 4, true, seed, false).unwrap();
+        assert_eq!(s.indices_from(epoch, 0).unwrap(), s.indices(epoch));
+        for bad in [6, 52] {
+            let e = s.indices_from(epoch, bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid position in the epoch: "), "{e}");
+        }
+    }
 
     #[test]
     fn permutation_is_a_permutation() {

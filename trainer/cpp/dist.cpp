@@ -78,6 +78,18 @@ void check_world_size(c10d::Store& store, int rank, int world) {
   }
 }
 
+#ifdef USE_C10D_GLOO
+// Gloo's network device as torch.distributed picks it: the interface named by GLOO_SOCKET_IFNAME, else
+// the address the host name resolves to (falling back to loopback).
+std::shared_ptr<::gloo::transport::Device> gloo_device() {
+  const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+  if (ifname != nullptr && ifname[0] != '\0') {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
+  }
+  return c10d::ProcessGroupGloo::createDefaultDevice();
+}
+#endif
+
 // While it lives, c10d's own log lines (the store's connection retries and time-outs, each with a C++
 // backtrace) are held back: the failure comes back as one error instead. TORCH_CPP_LOG_LEVEL, when set,
 // is left to decide.
@@ -135,14 +147,7 @@ char* imgtrain_dist_new(const char* host, uint16_t port, int32_t rank, int32_t w
     if (backend == kGloo) {
 #ifdef USE_C10D_GLOO
       auto gloo_opts = c10d::ProcessGroupGloo::Options::create(timeout);
-      // As torch.distributed does: the interface named by GLOO_SOCKET_IFNAME, else the address the
-      // host name resolves to (falling back to loopback).
-      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-      if (ifname != nullptr && ifname[0] != '\0') {
-        gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
-      } else {
-        gloo_opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      }
+      gloo_opts->devices.push_back(gloo_device());
       auto gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
           c10::make_intrusive<c10d::PrefixStore>("gloo/", store), rank, world, gloo_opts);
       pg->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
@@ -167,6 +172,16 @@ char* imgtrain_dist_new(const char* host, uint16_t port, int32_t rank, int32_t w
       nccl->setBoundDeviceId(c10::Device(c10::DeviceType::CUDA, cuda_device));
       pg->setDefaultBackend(c10d::ProcessGroup::BackendType::NCCL);
       pg->setBackend(c10::DeviceType::CUDA, c10d::ProcessGroup::BackendType::NCCL, nccl);
+#ifdef USE_C10D_GLOO
+      // Host tensors (the agreement to stop, small counts) through Gloo, as torch.distributed's default
+      // "cpu:gloo,cuda:nccl" group: no device work, no host-device sync.
+      auto host_opts = c10d::ProcessGroupGloo::Options::create(timeout);
+      host_opts->devices.push_back(gloo_device());
+      pg->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO,
+                     c10::make_intrusive<c10d::ProcessGroupGloo>(
+                         c10::make_intrusive<c10d::PrefixStore>("gloo/", store), rank, world,
+                         host_opts));
+#endif
       result->device_type = c10::DeviceType::CUDA;
 #else
       (void)cuda_device;

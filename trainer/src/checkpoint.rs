@@ -48,7 +48,8 @@ pub struct Meta {
     pub arch: String,
     /// Class names, in label order.
     pub classes: Vec<String>,
-    /// Epochs completed: the epoch a resumed run starts with.
+    /// The epoch a resumed run starts with: the epochs completed, or, with `position`, the epoch that was
+    /// stopped part-way.
     pub epoch: u64,
     /// Optimizer steps taken so far.
     pub global_step: u64,
@@ -68,6 +69,33 @@ pub struct Meta {
     pub scaler: Option<LossScaler>,
     /// The command line of the run that wrote the checkpoint.
     pub args: Vec<String>,
+    /// Where in `epoch` the run stopped, for a checkpoint written mid-epoch (`--checkpoint-every`, or
+    /// SIGTERM/SIGINT); `None` at an epoch's end.
+    #[serde(default)]
+    pub position: Option<Position>,
+}
+
+/// A place inside an epoch: how far its steps went, and what its meters held there, so that a resumed run
+/// continues the epoch with the same remaining samples and reports it whole.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// Samples of the epoch's global order read so far, by all ranks together.
+    pub consumed: u64,
+    /// Steps of the epoch taken.
+    pub steps: u64,
+    /// The global batch of those steps: the batch per rank times the ranks.
+    pub global_batch: u64,
+    /// The epoch's loss, top-1 and top-5 totals so far over `count` samples, all ranks together.
+    pub loss_sum: f64,
+    pub top1_sum: f64,
+    pub top5_sum: f64,
+    pub count: f64,
+    /// Training images processed in the epoch so far (all ranks), the seconds it took, the seconds spent
+    /// waiting for data (rank 0), and bad samples replaced (rank 0).
+    pub images: u64,
+    pub seconds: f64,
+    pub waited: f64,
+    pub bad: u64,
 }
 
 impl Meta {
@@ -402,6 +430,19 @@ mod tests {
             seed: 7,
             scaler: None,
             args: vec!["imgtrain".into()],
+            position: Some(Position {
+                consumed: 16,
+                steps: 2,
+                global_batch: 8,
+                loss_sum: 30.5,
+                top1_sum: 4.0,
+                top5_sum: 12.0,
+                count: 16.0,
+                images: 16,
+                seconds: 1.25,
+                waited: 0.5,
+                bad: 0,
+            }),
         }
     }
 
@@ -435,5 +476,14 @@ mod tests {
         });
         assert!(e.contains("metadata format"), "{e}");
         assert!(Meta::from_json("{").unwrap_err().contains("not JSON"));
+        let e = edit(&|m| {
+            m["position"]["consumed"] = "sixteen".into();
+        });
+        assert!(e.starts_with("metadata: invalid type: string"), "{e}");
+        // Written before positions existed (or at an epoch's end): no position.
+        let mut v: Value = serde_json::from_str(&json).unwrap();
+        v.as_object_mut().unwrap().remove("position");
+        let (m, _) = Meta::from_json(&v.to_string()).unwrap();
+        assert_eq!(m.position, None);
     }
 }

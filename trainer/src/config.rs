@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use crate::amp::Amp;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Position};
 use crate::device::DeviceInfo;
 use crate::dist::{DistFlags, Rank};
 use crate::error::{Result, TrainError};
@@ -65,6 +65,12 @@ pub struct TrainConfig {
     /// Distributed: also check that the ranks' parameters are identical every N steps (always done at
     /// the end of each epoch).
     pub check_replicas: Option<u64>,
+    /// Write a mid-epoch checkpoint every N optimizer steps (`--checkpoint-every`).
+    pub checkpoint_every: Option<u64>,
+    /// Resume a mid-epoch checkpoint with another global batch (`--allow-reshard`).
+    pub allow_reshard: bool,
+    /// Log each step's sample indices per rank (`--log-samples`).
+    pub log_samples: bool,
     /// Log the run's records to Weights & Biases too (`--enable_wandb`); `None`: no W&B.
     pub wandb: Option<crate::wandb::WandbConfig>,
     /// The command line, recorded in checkpoints.
@@ -329,6 +335,9 @@ impl TrainConfig {
         if self.check_replicas == Some(0) {
             return bad("--check-replicas", "must be at least 1 (steps)".into());
         }
+        if self.checkpoint_every == Some(0) {
+            return bad("--checkpoint-every", "must be at least 1 (steps)".into());
+        }
         if self.pretrained.as_deref() == Some(Path::new("")) {
             return bad(
                 "--pretrained",
@@ -360,6 +369,10 @@ pub struct Plan {
     pub dist: Option<Rank>,
     /// `--check-replicas`.
     pub check_replicas: Option<u64>,
+    /// Where in `start_epoch` a mid-epoch checkpoint stopped, in this run's steps.
+    pub position: Option<Position>,
+    /// Optimizer steps the resumed checkpoint had taken (0 for a fresh run).
+    pub resume_global_step: u64,
     /// Loader threads and mini-batch size of this process: with `--multiprocessing-distributed`, the
     /// node's (as given) divided among its processes, as `main.py` does; otherwise as given.
     pub workers: usize,
@@ -413,6 +426,18 @@ impl Plan {
                 .filter(|r| r.spawned)
                 .map_or(1, |r| r.local_world),
         )?;
+        let world = dist.as_ref().map_or(1, |r| r.world);
+        let position = match checkpoint.and_then(|c| c.meta.position) {
+            Some(p) if cfg.start_epoch.is_some() => {
+                println!(
+                    "=> --start-epoch given: the checkpoint's place in its epoch (step {}) is not used",
+                    p.steps
+                );
+                None
+            }
+            Some(p) => Some(reshard(p, batch_size, world, cfg.allow_reshard)?),
+            None => None,
+        };
         Ok(Plan {
             device,
             arch: cfg.arch().to_owned(),
@@ -428,6 +453,8 @@ impl Plan {
                 .unwrap_or(0),
             dist,
             check_replicas: cfg.check_replicas,
+            position,
+            resume_global_step: checkpoint.map_or(0, |c| c.meta.global_step),
             workers,
             batch_size,
             print_freq: cfg.print_freq.unwrap_or(DEFAULT_PRINT_FREQ),
@@ -442,6 +469,47 @@ impl Plan {
     pub fn cuda(&self) -> bool {
         matches!(self.device.device, Device::Cuda(_))
     }
+}
+
+/// A mid-epoch checkpoint's place, for a run whose global batch is `batch` per rank times `world`. The
+/// same global batch continues step for step, whatever the number of ranks; another global batch is
+/// refused unless `allow` (`--allow-reshard`): the remaining samples are still the same ones, but the
+/// steps group them otherwise and the schedule counts other steps per epoch.
+pub fn reshard(p: Position, batch: usize, world: usize, allow: bool) -> Result<Position> {
+    let global = (batch * world) as u64;
+    if global == p.global_batch {
+        return Ok(p);
+    }
+    if !allow {
+        return bad(
+            "--batch-size",
+            format!(
+                "the checkpoint stopped mid-epoch with a global batch of {} (per-rank batch x ranks); this \
+                 run's is {global} ({batch} x {world}): the rest of the epoch would take other steps and the \
+                 LR schedule other step counts. Resume with a global batch of {}, or pass --allow-reshard",
+                p.global_batch, p.global_batch
+            ),
+        );
+    }
+    if !p.consumed.is_multiple_of(world as u64) {
+        return bad(
+            "--allow-reshard",
+            format!(
+                "{} samples of the epoch were read, which {world} ranks cannot continue from evenly",
+                p.consumed
+            ),
+        );
+    }
+    println!(
+        "=> --allow-reshard: the global batch changes from {} to {global}; the epoch continues after its \
+         first {} samples",
+        p.global_batch, p.consumed
+    );
+    Ok(Position {
+        steps: p.consumed / global,
+        global_batch: global,
+        ..p
+    })
 }
 
 /// A node's `--batch-size` and `--workers` shared by its `nproc` processes, as `main.py` shares them:
@@ -488,6 +556,40 @@ mod tests {
         assert_eq!(r, Recipe { epochs: 2, ..saved });
         // --momentum equals the saved value: not an override.
         assert_eq!(overrides, vec!["--epochs 2 overrides the checkpoint's 1"]);
+    }
+
+    #[test]
+    fn a_mid_epoch_position_continues_with_the_same_global_batch_or_with_leave_to_change_it() {
+        let p = Position {
+            consumed: 24,
+            steps: 3,
+            global_batch: 8,
+            loss_sum: 0.0,
+            top1_sum: 0.0,
+            top5_sum: 0.0,
+            count: 24.0,
+            images: 24,
+            seconds: 1.0,
+            waited: 0.0,
+            bad: 0,
+        };
+        // 8 = 8 x 1 = 4 x 2 = 2 x 4: the same steps.
+        for (batch, world) in [(8, 1), (4, 2), (2, 4)] {
+            assert_eq!(reshard(p, batch, world, false).unwrap(), p);
+        }
+        let e = reshard(p, 4, 1, false).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "--batch-size: the checkpoint stopped mid-epoch with a global batch of 8"
+            ) && e.contains("this run's is 4 (4 x 1)")
+                && e.contains("--allow-reshard"),
+            "{e}"
+        );
+        let q = reshard(p, 4, 1, true).unwrap();
+        assert_eq!((q.consumed, q.steps, q.global_batch), (24, 6, 4));
+        // 24 samples cannot be continued evenly by 5 ranks.
+        let e = reshard(p, 1, 5, true).unwrap_err().to_string();
+        assert!(e.starts_with("--allow-reshard: 24 samples"), "{e}");
     }
 
     #[test]

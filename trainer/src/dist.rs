@@ -544,6 +544,20 @@ impl ProcessGroup {
         })
     }
 
+    /// [`ProcessGroup::all_reduce`] on host memory, without touching the device: through Gloo, which
+    /// serves CPU tensors in NCCL runs too (as torch.distributed's default "cpu:gloo,cuda:nccl" group).
+    pub fn all_reduce_host(&self, values: &[f64], op: ReduceOp) -> Result<Vec<f64>> {
+        let t = Tensor::from_slice(values);
+        // SAFETY: `t` is a live tensor; the group is alive.
+        check("dist_allreduce", unsafe {
+            ffi::imgtrain_dist_allreduce(self.raw.as_ptr(), t.as_ptr(), op as i32)
+        })?;
+        Vec::<f64>::try_from(&t).map_err(|e| TrainError::Bridge {
+            op: "dist_allreduce",
+            message: e.to_string(),
+        })
+    }
+
     /// Waits until every rank is here.
     pub fn barrier(&self) -> Result<()> {
         // SAFETY: the group is alive.

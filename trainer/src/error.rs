@@ -155,8 +155,8 @@ pub enum TrainError {
         how: String,
         stopped: usize,
     },
-    /// The launcher was interrupted (Ctrl-C or SIGTERM) and stopped its ranks.
-    #[error("interrupted: stopped the {ranks} rank(s) of this node")]
+    /// The launcher was interrupted twice (Ctrl-C or SIGTERM) and killed its ranks.
+    #[error("interrupted twice: killed the {ranks} rank(s) of this node")]
     Interrupted { ranks: usize },
     /// libtorch raised an error inside a model's forward or backward pass (tch reports those by panicking).
     #[error("libtorch failed {what}: {message}")]

@@ -268,6 +268,8 @@ pub struct DeviceBatch {
     pub images: Tensor,
     pub labels: Tensor,
     pub len: usize,
+    /// The source index of each sample (none for `--dummy` batches).
+    pub indices: Vec<usize>,
     hold: Option<Hold>,
 }
 
@@ -404,6 +406,14 @@ impl Feed {
         }
     }
 
+    /// Samples per batch (the last batch of an epoch may hold fewer).
+    pub fn batch_size(&self) -> usize {
+        match &self.origin {
+            Origin::Loader(l) => l.batch_size(),
+            Origin::Dummy { batch, .. } => *batch,
+        }
+    }
+
     /// Samples in an epoch (before any bad one is left out).
     pub fn samples_per_epoch(&self) -> usize {
         match &self.origin {
@@ -422,16 +432,35 @@ impl Feed {
 
     /// Starts epoch `epoch`.
     pub fn epoch(&self, epoch: u64) -> FeedEpoch<'_> {
-        FeedEpoch {
+        self.epoch_from(epoch, 0, 1)
+            .expect("every feed starts an epoch at its beginning")
+    }
+
+    /// The rest of `epoch` once `consumed` samples of its global order were read by `world` ranks (see
+    /// [`imgloader::Loader::epoch_from`]).
+    pub fn epoch_from(&self, epoch: u64, consumed: usize, world: usize) -> Result<FeedEpoch<'_>> {
+        let (iter, k) = match &self.origin {
+            Origin::Loader(l) => (
+                Some(
+                    l.epoch_from(epoch, consumed)
+                        .map_err(|source| TrainError::Batch {
+                            split: self.split,
+                            epoch,
+                            source: Box::new(source),
+                        })?,
+                ),
+                0,
+            ),
+            // This rank's next sample is its (consumed / world)-th.
+            Origin::Dummy { batch, .. } => (None, consumed / world.max(1) / batch),
+        };
+        Ok(FeedEpoch {
             feed: self,
-            iter: match &self.origin {
-                Origin::Loader(l) => Some(l.epoch(epoch)),
-                Origin::Dummy { .. } => None,
-            },
+            iter,
             epoch,
-            k: 0,
+            k,
             bad: Vec::new(),
-        }
+        })
     }
 }
 
@@ -490,6 +519,7 @@ impl FeedEpoch<'_> {
                     images: feed.normalizer.normalize(&pixels)?,
                     labels,
                     len: n as usize,
+                    indices: Vec::new(),
                     hold: None,
                 }))
             }
@@ -502,6 +532,7 @@ impl FeedEpoch<'_> {
         let feed = self.feed;
         let (h, w) = batch.size;
         let len = batch.len;
+        let indices = batch.indices.clone();
         // From here on an early return waits for the copies before the batch goes back.
         let mut hold = Hold::new(batch, feed.copy_stream);
         let batch = hold.batch.as_ref().expect("just set");
@@ -515,6 +546,7 @@ impl FeedEpoch<'_> {
                 images,
                 labels,
                 len,
+                indices,
                 hold: Some(hold),
             });
         };
@@ -538,6 +570,7 @@ impl FeedEpoch<'_> {
             images: feed.normalizer.normalize(&pixels)?,
             labels,
             len,
+            indices,
             hold: Some(hold),
         })
     }

@@ -1,12 +1,14 @@
 //! `imgtrain --multiprocessing-distributed`: `main.py`'s `mp.spawn`. Starts one process per GPU of the
 //! node (or `--nproc-per-node` of them), each a rank of the run, and watches them: when one fails, the
 //! others are stopped (SIGTERM, then SIGKILL after [`GRACE`]) and the launcher exits non-zero naming the
-//! rank and how it ended. SIGINT or SIGTERM to the launcher stops every rank the same way.
+//! rank and how it ended. SIGINT or SIGTERM to the launcher is passed on (as SIGTERM) to every rank,
+//! which finishes its step, checkpoints and exits 0 (preemption); a second signal kills them. The ranks
+//! run in their own process group, so a terminal's Ctrl-C reaches them once, through the launcher.
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tch::Cuda;
@@ -162,9 +164,17 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
         what: "--multiprocessing-distributed",
         reason: format!("cannot find imgtrain's own executable to start the ranks: {e}"),
     })?;
-    let stop = Arc::new(AtomicBool::new(false));
+    // Counts the signals received: the first is passed on, the second kills.
+    let signals = Arc::new(AtomicUsize::new(0));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(|e| TrainError::Config {
+        let counter = Arc::clone(&signals);
+        // SAFETY: the handler only increments an atomic counter, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+        .map_err(|e| TrainError::Config {
             what: "--multiprocessing-distributed",
             reason: format!("cannot watch for Ctrl-C: {e}"),
         })?;
@@ -181,6 +191,7 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             .env(LOCAL_RANK_ENV, local.to_string())
             .env(NPROC_ENV, nproc.to_string())
             .env(URL_ENV, &url)
+            .process_group(0)
             .spawn();
         match spawned {
             Ok(child) => ranks.push(Started {
@@ -197,8 +208,9 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
             }
         }
     }
-    // Watch: the first rank to fail (or a signal to the launcher) stops the rest.
+    // Watch: the first rank to fail stops the rest; a signal to the launcher is passed on.
     let mut failed: Option<(usize, u32, ExitStatus)> = None;
+    let mut passed_on = false;
     loop {
         for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
             if let Ok(Some(s)) = r.child.try_wait() {
@@ -208,20 +220,36 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
                 }
             }
         }
-        let interrupted = stop.load(Ordering::Relaxed);
-        if failed.is_some() || interrupted {
-            stop_all(&mut ranks);
-            if let Some((rank, pid, status)) = failed {
-                return Err(TrainError::RankFailed {
-                    rank,
-                    pid,
-                    how: describe(status),
-                    stopped: ranks.len() - 1,
-                });
+        let received = signals.load(Ordering::SeqCst);
+        if received >= 1 && !passed_on {
+            passed_on = true;
+            println!(
+                "=> interrupted: asking every rank to finish its step and checkpoint (again to kill)"
+            );
+            for r in ranks.iter().filter(|r| r.status.is_none()) {
+                signal(&r.child, libc::SIGTERM);
+            }
+        }
+        if received >= 2 {
+            for r in ranks.iter_mut().filter(|r| r.status.is_none()) {
+                signal(&r.child, libc::SIGKILL);
+                r.status = r.child.wait().ok();
             }
             return Err(TrainError::Interrupted { ranks: ranks.len() });
         }
+        if let Some((rank, pid, status)) = failed {
+            stop_all(&mut ranks);
+            return Err(TrainError::RankFailed {
+                rank,
+                pid,
+                how: describe(status),
+                stopped: ranks.len() - 1,
+            });
+        }
         if ranks.iter().all(|r| r.status.is_some()) {
+            if passed_on {
+                println!("=> every rank stopped cleanly");
+            }
             return Ok(());
         }
         std::thread::sleep(POLL);

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod run_info;
+pub mod samples;
 pub mod schedule;
 pub mod tensorboard;
 pub mod train;

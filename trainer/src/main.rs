@@ -192,6 +192,20 @@ struct Args {
     /// the end of each epoch).
     #[arg(long = "check-replicas", value_name = "N")]
     check_replicas: Option<u64>,
+    /// Also write checkpoint.safetensors every N optimizer steps, with the place in the epoch, so that
+    /// --resume continues mid-epoch (SIGTERM/SIGINT always write one before stopping).
+    #[arg(
+        long = "checkpoint-every",
+        visible_alias = "checkpoint_every",
+        value_name = "N"
+    )]
+    checkpoint_every: Option<u64>,
+    /// Resume a mid-epoch checkpoint with another global batch (per-process batch x processes).
+    #[arg(long = "allow-reshard", visible_alias = "allow_reshard")]
+    allow_reshard: bool,
+    /// Log the sample indices of every step, per rank, to samples.rank<R>.csv in --output_dir.
+    #[arg(long = "log-samples", visible_alias = "log_samples")]
+    log_samples: bool,
     /// Distributed: seconds the rendezvous and each collective wait for the other ranks [default: 1800].
     #[arg(
         long = "dist-timeout",
@@ -303,6 +317,9 @@ impl Args {
                 }),
             },
             check_replicas: self.check_replicas,
+            checkpoint_every: self.checkpoint_every,
+            allow_reshard: self.allow_reshard,
+            log_samples: self.log_samples,
             wandb: self.enable_wandb.then(|| WandbConfig {
                 project: self
                     .wandb_project

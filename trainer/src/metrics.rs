@@ -254,14 +254,19 @@ impl MetricsLog {
     /// epochs from `start_epoch` on (and any torn last line), saying so, and writes `summary.csv`'s header
     /// when the file is new. A `summary.csv` with another header is started afresh. Starts a new
     /// TensorBoard event file that hides earlier files' steps past the kept records.
-    pub fn open(dir: &Path, start_epoch: u64) -> Result<MetricsLog> {
+    pub fn open(dir: &Path, start_epoch: u64, resume_step: Option<u64>) -> Result<MetricsLog> {
         let jsonl_path = dir.join(METRICS_FILE);
         let csv_path = dir.join(SUMMARY_FILE);
         let mut last_kept_step = 0;
         let dropped_json = trim_file(&jsonl_path, |_, line| {
-            let kept = serde_json::from_str::<Record>(line)
-                .ok()
-                .filter(|r| r.epoch() < start_epoch);
+            // A run resumed inside `start_epoch` (`resume_step`: the steps its checkpoint had taken)
+            // keeps that epoch's training lines up to there.
+            let kept = serde_json::from_str::<Record>(line).ok().filter(|r| {
+                r.epoch() < start_epoch
+                    || (r.epoch() == start_epoch
+                        && matches!(r, Record::Train(_))
+                        && resume_step.is_some_and(|g| r.global_step() <= g))
+            });
             if let Some(r) = &kept {
                 last_kept_step = last_kept_step.max(r.global_step());
             }

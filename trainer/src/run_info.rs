@@ -203,7 +203,9 @@ pub fn start_records(
     if let Some(kept) = info.write(&plan.output_dir)? {
         println!("=> kept the earlier run's {RUN_FILE} as {}", kept.display());
     }
-    let mut log = crate::metrics::MetricsLog::open(&plan.output_dir, plan.start_epoch)?;
+    let resume_step = plan.position.map(|_| plan.resume_global_step);
+    let mut log =
+        crate::metrics::MetricsLog::open(&plan.output_dir, plan.start_epoch, resume_step)?;
     if let Some(w) = &cfg.wandb {
         log.attach(crate::wandb::Sidecar::start(
             &wandb_python,

@@ -10,7 +10,7 @@ use tch::nn::VarStore;
 use tch::{Cuda, Device};
 
 use crate::amp;
-use crate::checkpoint::{self, Checkpoint, Meta};
+use crate::checkpoint::{self, Checkpoint, Meta, Position};
 use crate::config::{Plan, TrainConfig};
 use crate::data::{self, Subset};
 use crate::device;
@@ -18,7 +18,8 @@ use crate::dist::{self, ProcessGroup};
 use crate::error::{Result, TrainError};
 use crate::feed::{Feed, FeedOptions, Normalizer};
 use crate::models;
-use crate::trainer::Trainer;
+use crate::samples::SampleLog;
+use crate::trainer::{EpochControl, EpochEnd, StopFlag, Trainer};
 
 /// File name of the checkpoint written after every epoch.
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
@@ -52,6 +53,8 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     pub best_checkpoint: Option<PathBuf>,
     pub seed: u64,
+    /// Where a signal stopped the run: the epoch and its steps taken (0: at the epoch's start).
+    pub stopped: Option<(u64, u64)>,
 }
 
 /// Mixes the seed and the epoch into libtorch's seed for that epoch (splitmix64's finaliser), so that
@@ -140,8 +143,33 @@ fn open_splits(cfg: &TrainConfig) -> Result<Splits> {
 }
 
 /// Reads the checkpoint to resume from, and checks that it fits the architecture and the classes.
-fn read_checkpoint(cfg: &TrainConfig, classes: &[String]) -> Result<Option<Checkpoint>> {
-    let Some(path) = &cfg.resume else {
+/// The checkpoint `--resume` names: the path given, or with `--resume auto` the output folder's
+/// `checkpoint.safetensors` when there is one (none: the run starts from scratch, and says so).
+fn resume_path(cfg: &TrainConfig) -> Option<PathBuf> {
+    let given = cfg.resume.as_ref()?;
+    if given.as_os_str() != "auto" {
+        return Some(given.clone());
+    }
+    let dir = cfg.output_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let path = dir.join(CHECKPOINT_FILE);
+    if path.is_file() {
+        println!("=> --resume auto: resuming from {}", path.display());
+        Some(path)
+    } else {
+        println!(
+            "=> --resume auto: no {CHECKPOINT_FILE} in {} yet; starting from scratch",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn read_checkpoint(
+    cfg: &TrainConfig,
+    resume: Option<&Path>,
+    classes: &[String],
+) -> Result<Option<Checkpoint>> {
+    let Some(path) = resume else {
         return Ok(None);
     };
     let ck = Checkpoint::read(path)?;
@@ -149,7 +177,7 @@ fn read_checkpoint(cfg: &TrainConfig, classes: &[String]) -> Result<Option<Check
     if !cfg.dummy && ck.meta.classes != classes {
         let first3 = |c: &[String]| c.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
         return Err(TrainError::Checkpoint {
-            path: path.clone(),
+            path: path.to_owned(),
             reason: format!(
                 "was trained on {} classes ({}…), the dataset has {} ({}…)",
                 ck.meta.classes.len(),
@@ -258,7 +286,11 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     // one GPU only (srun --gpus-per-task 1) uses that one.
     let gpu = match &rank {
         Some(r) if Cuda::is_available() && (r.spawned || cfg.gpu.is_none()) => {
-            Some(if Cuda::device_count() == 1 { 0 } else { r.local_rank })
+            Some(if Cuda::device_count() == 1 {
+                0
+            } else {
+                r.local_rank
+            })
         }
         _ => cfg.gpu,
     };
@@ -281,7 +313,8 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     };
     let splits = open_splits(cfg)?;
     let classes = splits.classes.clone();
-    let checkpoint = read_checkpoint(cfg, &classes)?;
+    let resume = resume_path(cfg);
+    let checkpoint = read_checkpoint(cfg, resume.as_deref(), &classes)?;
     let mut plan = Plan::resolve(cfg, info, rank, checkpoint.as_ref())?;
     if let Some(g) = &group {
         // Every rank follows rank 0's seed (data order, augmentation, initial weights).
@@ -389,6 +422,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         checkpoint: None,
         best_checkpoint: None,
         seed,
+        stopped: None,
     };
 
     if cfg.evaluate {
@@ -403,21 +437,98 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     let train_feed = train_feed.expect("built unless evaluating");
     let checkpoint_path = plan.output_dir.join(CHECKPOINT_FILE);
     let best_path = plan.output_dir.join(BEST_FILE);
-    let mut last_good: Option<PathBuf> = cfg.resume.clone();
+    let mut last_good: Option<PathBuf> = resume.clone();
     let epochs = plan.recipe.epochs;
     if start_epoch >= epochs {
         println!(
             "=> nothing to train: the run starts at epoch {start_epoch} and --epochs is {epochs}"
         );
     }
+    // SIGTERM or SIGINT (a cluster's preemption, Ctrl-C): finish the step, checkpoint, exit 0. A second
+    // one ends the process at once.
+    let stop: StopFlag = Default::default();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let registered =
+            signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+                .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)));
+        registered.map_err(|e| TrainError::Config {
+            what: "SIGTERM",
+            reason: format!("cannot watch for signals: {e}"),
+        })?;
+    }
+    let mut samples = if cfg.log_samples {
+        Some(SampleLog::open(
+            &plan.output_dir,
+            plan.dist.as_ref().map_or(0, |r| r.rank),
+        )?)
+    } else {
+        None
+    };
+    let mut last_val = checkpoint
+        .as_ref()
+        .map_or((0.0, 0.0), |c| (c.meta.acc1, c.meta.acc5));
+    let mut from = plan.position;
     for epoch in start_epoch..epochs {
         // Every random draw of the epoch (the loader's are keyed by seed and epoch already) follows
         // from (seed, epoch): a run resumed here repeats what the uninterrupted run drew.
         manual_seed(epoch_seed(seed, epoch));
-        let t = trainer.train_epoch(&train_feed, epoch, last_good.as_deref())?;
+        // A checkpoint inside this epoch: written by rank 0 (every rank takes part in the call).
+        let mut save_mid = |trainer: &Trainer, position: Position| -> Result<()> {
+            if !lead {
+                return Ok(());
+            }
+            let meta = Meta {
+                arch: plan.arch.clone(),
+                classes: classes.clone(),
+                epoch,
+                global_step: trainer.global_step,
+                best_acc1: trainer.best_acc1,
+                acc1: last_val.0,
+                acc5: last_val.1,
+                recipe: plan.recipe,
+                lr: trainer.lr,
+                seed,
+                scaler: trainer.scaler(),
+                args: cfg.args.clone(),
+                position: Some(position),
+            };
+            let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
+            checkpoint::write_atomic(&checkpoint_path, &bytes)?;
+            println!(
+                "=> saved {} (epoch {epoch}, step {} of the epoch, global step {})",
+                checkpoint_path.display(),
+                position.steps,
+                trainer.global_step
+            );
+            Ok(())
+        };
+        let mut ctl = EpochControl {
+            from: from.take(),
+            checkpoint_every: cfg.checkpoint_every,
+            stop: &stop,
+            save: &mut save_mid,
+            samples: samples.as_mut(),
+        };
+        let t = match trainer.train_epoch(&train_feed, epoch, last_good.as_deref(), &mut ctl)? {
+            EpochEnd::Done(t) => t,
+            EpochEnd::Stopped(position) => {
+                summary.stopped = Some((epoch, position.steps));
+                if lead {
+                    summary.checkpoint = Some(checkpoint_path.clone());
+                    println!(
+                        "=> stopped by a signal after step {} of epoch {epoch}; continue with --resume {} \
+                         (or --resume auto)",
+                        position.steps,
+                        checkpoint_path.display()
+                    );
+                }
+                break;
+            }
+        };
         summary.train_images += t.images;
         summary.train_seconds += t.seconds;
         let v = trainer.validate(&val_feed, epoch)?;
+        last_val = (v.acc1, v.acc5);
         let is_best = v.acc1 > trainer.best_acc1;
         trainer.best_acc1 = trainer.best_acc1.max(v.acc1);
         trainer.record_epoch(epoch, &t, &v)?;
@@ -434,6 +545,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             seed,
             scaler: trainer.scaler(),
             args: cfg.args.clone(),
+            position: None,
         };
         summary.epochs_run += 1;
         summary.next_epoch = epoch + 1;
@@ -442,31 +554,39 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         summary.val_images = v.images;
         summary.val_expected = v.expected;
         summary.best_acc1 = trainer.best_acc1;
-        if !lead {
+        if lead {
             // Rank 0 writes the checkpoints (every rank holds the same weights).
-            continue;
+            let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
+            checkpoint::write_atomic(&checkpoint_path, &bytes)?;
+            last_good = Some(checkpoint_path.clone());
+            summary.checkpoint = Some(checkpoint_path.clone());
+            if is_best {
+                checkpoint::write_atomic(&best_path, &bytes)?;
+                summary.best_checkpoint = Some(best_path.clone());
+                println!(
+                    "=> saved {} (epoch {}); new best Acc@1 {:.3}: {}",
+                    checkpoint_path.display(),
+                    epoch + 1,
+                    v.acc1,
+                    best_path.display()
+                );
+            } else {
+                println!(
+                    "=> saved {} (epoch {}); best Acc@1 stays {:.3}",
+                    checkpoint_path.display(),
+                    epoch + 1,
+                    trainer.best_acc1
+                );
+            }
         }
-        let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
-        checkpoint::write_atomic(&checkpoint_path, &bytes)?;
-        last_good = Some(checkpoint_path.clone());
-        summary.checkpoint = Some(checkpoint_path.clone());
-        if is_best {
-            checkpoint::write_atomic(&best_path, &bytes)?;
-            summary.best_checkpoint = Some(best_path.clone());
+        // A signal during validation or the checkpoint: the epoch's checkpoint is the place to stop.
+        if epoch + 1 < epochs && trainer.stop_agreed(&stop)? {
+            summary.stopped = Some((epoch + 1, 0));
             println!(
-                "=> saved {} (epoch {}); new best Acc@1 {:.3}: {}",
-                checkpoint_path.display(),
-                epoch + 1,
-                v.acc1,
-                best_path.display()
+                "=> stopped by a signal after epoch {epoch}; continue with --resume {} (or --resume auto)",
+                checkpoint_path.display()
             );
-        } else {
-            println!(
-                "=> saved {} (epoch {}); best Acc@1 stays {:.3}",
-                checkpoint_path.display(),
-                epoch + 1,
-                trainer.best_acc1
-            );
+            break;
         }
     }
     if summary.best_checkpoint.is_none() && best_path.is_file() {

@@ -21,7 +21,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::amp::{self, Amp, LossScaler};
 use crate::bridge::{self, CudaEvent, CudaStream, SyncCounter};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Position};
 use crate::config::{Plan, Recipe};
 use crate::dist::{BUCKET_CAP_BYTES, ProcessGroup, ReduceOp, Reducer};
 use crate::error::{Result, TorchContext, TrainError};
@@ -301,6 +301,55 @@ pub struct EpochStats {
     pub lr: f64,
 }
 
+/// How a training epoch ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EpochEnd {
+    /// Every step taken.
+    Done(EpochStats),
+    /// Stopped by a signal after a checkpoint at this position.
+    Stopped(Position),
+}
+
+/// Set (by a SIGTERM or SIGINT handler) to ask a run to stop after its current step.
+pub type StopFlag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
+/// How often the ranks of a distributed run agree whether to stop (one small all-reduce on the host).
+pub const STOP_POLL_STEPS: u64 = 4;
+
+/// What a training epoch is asked besides training: where to start, mid-epoch checkpoints, stopping on
+/// a signal, and a log of the samples each step read.
+pub struct EpochControl<'a> {
+    /// Continue the epoch from here (a resumed mid-epoch checkpoint); taken by the first epoch.
+    pub from: Option<Position>,
+    /// Save a checkpoint after every this many optimizer steps (`--checkpoint-every`).
+    pub checkpoint_every: Option<u64>,
+    pub stop: &'a StopFlag,
+    /// Called (on every rank; rank 0 writes) at a mid-epoch checkpoint.
+    pub save: &'a mut dyn FnMut(&Trainer, Position) -> Result<()>,
+    pub samples: Option<&'a mut crate::samples::SampleLog>,
+}
+
+impl std::fmt::Debug for EpochControl<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EpochControl")
+            .field("from", &self.from)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seeds libtorch for the step after `global_step` steps (splitmix64's finaliser over seed and step).
+fn manual_seed_for_step(seed: u64, global_step: u64) {
+    let mut z = seed
+        ^ global_step
+            .wrapping_add(0x5bd1_e995)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    // libtorch takes the seed as uint64 through an int64 argument: the bits are what matter.
+    tch::manual_seed((z ^ (z >> 31)) as i64);
+}
+
 /// What a validation pass found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValStats {
@@ -341,6 +390,8 @@ pub struct Trainer {
     metrics: Option<MetricsLog>,
     /// The rank's process group and reducer, in a distributed run.
     dp: Option<DataParallel>,
+    /// The run's seed (each step's random draws follow from it and the step).
+    seed: u64,
 }
 
 /// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
@@ -472,6 +523,7 @@ impl Trainer {
             lr,
             metrics: None,
             dp,
+            seed: plan.seed,
         })
     }
 
@@ -676,21 +728,109 @@ impl Trainer {
         feed: &Feed,
         epoch: u64,
         last_good: Option<&Path>,
-    ) -> Result<EpochStats> {
-        self.train_epoch_inner(feed, epoch)
+        ctl: &mut EpochControl<'_>,
+    ) -> Result<EpochEnd> {
+        self.train_epoch_inner(feed, epoch, ctl)
             .map_err(|e| with_last_good(e, last_good))
     }
 
-    fn train_epoch_inner(&mut self, feed: &Feed, epoch: u64) -> Result<EpochStats> {
+    /// Whether to stop now: a signal arrived (single process), or one arrived on some rank (distributed:
+    /// asked every [`STOP_POLL_STEPS`] steps of the epoch, all ranks together, so that all stop at the same
+    /// step).
+    fn should_stop(&self, stop: &StopFlag, steps_done: u64) -> Result<bool> {
+        let mine = stop.load(std::sync::atomic::Ordering::Relaxed);
+        let Some(dp) = &self.dp else {
+            return Ok(mine);
+        };
+        if !steps_done.is_multiple_of(STOP_POLL_STEPS) {
+            return Ok(false);
+        }
+        let any = dp
+            .group
+            .all_reduce_host(&[f64::from(u8::from(mine))], ReduceOp::Max)
+            .map_err(|e| collective(&dp.group, "agreeing whether to stop", e))?;
+        Ok(any[0] > 0.0)
+    }
+
+    /// Whether a signal arrived here (single process) or on any rank (distributed; a collective).
+    pub fn stop_agreed(&self, stop: &StopFlag) -> Result<bool> {
+        self.should_stop(stop, 0)
+    }
+
+    /// Where the epoch is after `steps` steps, with its meters summed over the ranks (a collective).
+    fn position(
+        &self,
+        steps: usize,
+        batch_size: usize,
+        m: &Meters,
+        clock: &EpochClock,
+    ) -> Result<Position> {
+        let world = self.dp.as_ref().map_or(1, |dp| dp.group.world());
+        let mut totals = vec![
+            m.loss.sum,
+            m.top1.sum,
+            m.top5.sum,
+            m.loss.count,
+            clock.images as f64,
+        ];
+        if let Some(dp) = &self.dp {
+            totals = dp
+                .group
+                .all_reduce(&totals, ReduceOp::Sum)
+                .map_err(|e| collective(&dp.group, "summing the meters for a checkpoint", e))?;
+        }
+        let global_batch = (batch_size * world) as u64;
+        Ok(Position {
+            consumed: steps as u64 * global_batch,
+            steps: steps as u64,
+            global_batch,
+            loss_sum: totals[0],
+            top1_sum: totals[1],
+            top5_sum: totals[2],
+            count: totals[3],
+            images: totals[4] as u64,
+            seconds: clock.start.elapsed().as_secs_f64(),
+            waited: clock.waited.as_secs_f64(),
+            bad: clock.bad as u64,
+        })
+    }
+
+    fn train_epoch_inner(
+        &mut self,
+        feed: &Feed,
+        epoch: u64,
+        ctl: &mut EpochControl<'_>,
+    ) -> Result<EpochEnd> {
         let steps = feed.batches_per_epoch();
+        let world = self.dp.as_ref().map_or(1, |dp| dp.group.world());
+        let lead = self.dp.as_ref().is_none_or(|dp| dp.group.rank() == 0);
         let mut m = Meters::new(true);
-        let mut batches = feed.epoch(epoch);
         let mut clock = EpochClock {
             start: Instant::now(),
             waited: Duration::ZERO,
             images: 0,
             bad: 0,
         };
+        let from = ctl.from.take();
+        let first = from.map_or(0, |p| p.steps as usize);
+        let mut batches = match &from {
+            Some(p) => feed.epoch_from(epoch, p.consumed as usize, world)?,
+            None => feed.epoch(epoch),
+        };
+        // The totals of the steps before the interruption are the whole run's: rank 0 carries them.
+        let mut bad_before = 0;
+        if let Some(p) = from.filter(|_| lead) {
+            for meter in [&mut m.loss, &mut m.top1, &mut m.top5] {
+                meter.count = p.count;
+            }
+            (m.loss.sum, m.top1.sum, m.top5.sum) = (p.loss_sum, p.top1_sum, p.top5_sum);
+            clock.images = p.images;
+            clock.start = Instant::now()
+                .checked_sub(Duration::from_secs_f64(p.seconds))
+                .unwrap_or_else(Instant::now);
+            clock.waited = Duration::from_secs_f64(p.waited);
+            bad_before = p.bad as usize;
+        }
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
         // libtorch's own count of synchronising calls on this thread (CUDA builds with the headers only).
@@ -699,7 +839,7 @@ impl Trainer {
         let mut steps_done = 0u64;
         // With the global step each one started from.
         let mut pending: Lagged<(Readback, u64)> = Lagged::new(self.cuda.is_some());
-        for k in 0..steps {
+        for k in first..steps {
             let Some(batch) = batches.next_batch()? else {
                 break;
             };
@@ -712,7 +852,7 @@ impl Trainer {
                 println!("=> bad sample replaced: {bad}");
             }
             reported = batches.bad.len();
-            clock.bad = reported;
+            clock.bad = bad_before + reported;
             let wait = m.end.elapsed();
             clock.waited += wait;
             if let Some(d) = &mut m.data {
@@ -722,6 +862,12 @@ impl Trainer {
                 // The previous batch's memory goes back to the loader as soon as its copies are done.
                 hold.try_release()?;
             }
+            if let Some(log) = ctl.samples.as_deref_mut() {
+                log.step(epoch, self.global_step + 1, &batch.indices)?;
+            }
+            // Every random draw of a step (dropout) follows from (seed, step): a run resumed mid-epoch
+            // draws what the uninterrupted run drew.
+            manual_seed_for_step(self.seed, self.global_step);
             let lr = self.schedule.lr(epoch, k, steps);
             let step_before = self.global_step;
             let rb = self.step(batch, lr, epoch, k)?;
@@ -738,6 +884,26 @@ impl Trainer {
             if let Some((p, g)) = pending.push((rb, step_before)) {
                 self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
                 steps_done += 1;
+            }
+            let taken = k + 1;
+            if taken == steps {
+                break;
+            }
+            let due = ctl
+                .checkpoint_every
+                .is_some_and(|n| self.global_step.is_multiple_of(n));
+            let stop = self.should_stop(ctl.stop, taken as u64)?;
+            if due || stop {
+                // The meters must hold every step taken: read the one still on its way.
+                if let Some((p, g)) = pending.take() {
+                    self.finish_step(p, &mut m, &prefix, steps, g, &mut clock)?;
+                    steps_done += 1;
+                }
+                let position = self.position(taken, feed.batch_size(), &m, &clock)?;
+                (ctl.save)(self, position)?;
+                if stop {
+                    return Ok(EpochEnd::Stopped(position));
+                }
             }
         }
         if let Some((p, g)) = pending.take() {
@@ -772,8 +938,11 @@ impl Trainer {
                 after.saturating_sub(before) as f64 / steps_done.max(1) as f64
             );
         }
-        if !batches.bad.is_empty() {
-            line += &format!(", {} bad sample(s) replaced by others", batches.bad.len());
+        if bad_before + batches.bad.len() > 0 {
+            line += &format!(
+                ", {} bad sample(s) replaced by others",
+                bad_before + batches.bad.len()
+            );
         }
         let warned = feed.warned_samples();
         if warned > 0 {
@@ -786,16 +955,16 @@ impl Trainer {
             );
         }
         println!("{line}");
-        Ok(EpochStats {
+        Ok(EpochEnd::Done(EpochStats {
             images,
             seconds,
             loss: m.loss.avg(),
             acc1: m.top1.avg(),
             acc5: m.top5.avg(),
             data_wait: waited.as_secs_f64() / seconds.max(1e-9),
-            bad_samples: batches.bad.len(),
+            bad_samples: bad_before + batches.bad.len(),
             lr: self.lr,
-        })
+        }))
     }
 
     /// Evaluates on the val feed, every image at most once: a bad image is left out (never replaced by
