@@ -186,13 +186,26 @@ pub fn run(cfg: &TrainConfig) -> Result<()> {
     );
     let mut ranks: Vec<Started> = Vec::with_capacity(nproc);
     for local in 0..nproc {
-        let spawned = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command
             .args(cfg.args.iter().skip(1))
             .env(LOCAL_RANK_ENV, local.to_string())
             .env(NPROC_ENV, nproc.to_string())
             .env(URL_ENV, &url)
-            .process_group(0)
-            .spawn();
+            .process_group(0);
+        // SAFETY: the closure runs between fork and exec and only calls prctl, which is
+        // async-signal-safe and sets a flag of the child.
+        unsafe {
+            command.pre_exec(|| {
+                // A launcher that dies without passing anything on (kill -9, the OOM killer) still
+                // stops its ranks: each gets SIGTERM, checkpoints and exits.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = command.spawn();
         match spawned {
             Ok(child) => ranks.push(Started {
                 rank: node * nproc + local,

@@ -302,6 +302,32 @@ fn ctrl_c_twice_on_the_launcher_kills_every_rank() {
     assert!(kids.iter().all(|&k| gone(k)), "{kids:?} still there");
 }
 
+#[test]
+fn ranks_of_a_killed_launcher_checkpoint_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = start_long_run(dir.path());
+    let kids = children(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Each rank got SIGTERM from the kernel (its parent died): they agree, checkpoint and exit.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !kids.iter().all(|&k| gone(k) || zombie(k)) {
+        assert!(Instant::now() < deadline, "{kids:?} still running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ck = Checkpoint::read(&dir.path().join("checkpoint.safetensors")).unwrap();
+    assert!(ck.meta.position.is_some() || ck.meta.epoch > 0);
+}
+
+/// Whether `pid` has exited but was not reaped (its parent, here init, will).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
 /// A free port of the loopback interface.
 fn free_port() -> u16 {
     std::net::TcpListener::bind(("127.0.0.1", 0))
