@@ -160,15 +160,15 @@ impl EpochRecord {
     }
 }
 
-/// Appends whole lines to one file.
+/// Appends whole lines to one file (the run's records, and `--log-samples`).
 #[derive(Debug)]
-struct LineFile {
+pub(crate) struct LineFile {
     path: PathBuf,
     file: File,
 }
 
 impl LineFile {
-    fn open(path: PathBuf) -> Result<LineFile> {
+    pub(crate) fn open(path: PathBuf) -> Result<LineFile> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,7 +181,7 @@ impl LineFile {
     }
 
     /// Writes `line` and its newline with one `write_all` of one buffer, then flushes.
-    fn append(&mut self, line: &str) -> Result<()> {
+    pub(crate) fn append(&mut self, line: &str) -> Result<()> {
         let mut buf = String::with_capacity(line.len() + 1);
         buf.push_str(line);
         buf.push('\n');

@@ -7,35 +7,23 @@
 //! taken; a resumed run appends to the same files. A run killed outright (kill -9) has logged the steps
 //! after its last checkpoint too, which the resumed run takes, and logs, again.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
+use crate::metrics::LineFile;
 
 /// The sample log of one rank.
 #[derive(Debug)]
 pub struct SampleLog {
-    path: PathBuf,
-    file: File,
+    file: LineFile,
     line: String,
 }
 
 impl SampleLog {
     /// Opens (appending) `samples.rank<rank>.csv` in `dir`.
     pub fn open(dir: &Path, rank: usize) -> Result<SampleLog> {
-        let path = dir.join(format!("samples.rank{rank}.csv"));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| TrainError::RunRecord {
-                path: path.clone(),
-                source,
-            })?;
         Ok(SampleLog {
-            path,
-            file,
+            file: LineFile::open(dir.join(format!("samples.rank{rank}.csv")))?,
             line: String::new(),
         })
     }
@@ -49,13 +37,7 @@ impl SampleLog {
             let sep = if i == 0 { "" } else { " " };
             let _ = write!(self.line, "{sep}{index}");
         }
-        self.line.push('\n');
-        self.file
-            .write_all(self.line.as_bytes())
-            .map_err(|source| TrainError::RunRecord {
-                path: self.path.clone(),
-                source,
-            })
+        self.file.append(&self.line)
     }
 }
 

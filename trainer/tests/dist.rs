@@ -39,7 +39,7 @@ fn ranks(n: usize) -> Vec<String> {
     ]
 }
 
-fn run(args: &[&str], extra: &[String]) -> Output {
+pub(crate) fn run(args: &[&str], extra: &[String]) -> Output {
     let out = imgtrain()
         .arg(dataset())
         .args(args)

@@ -70,22 +70,9 @@ const ALEXNET: &[&str] = &[
 const B4: [&str; 2] = ["-b", "4"];
 
 fn run(dir: &Path, args: &[&str], extra: &[&str]) -> String {
-    let out = imgtrain()
-        .arg(dataset())
-        .args(args)
-        .args(extra)
-        .arg("--output_dir")
-        .arg(dir)
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "imgtrain {extra:?} failed:\n{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    extra.extend(["--output_dir".to_owned(), dir.display().to_string()]);
+    stdout(&crate::dist::run(args, &extra))
 }
 
 /// A run whose standard output is read on a thread; `started` gets each line until the receiver is
@@ -353,4 +340,27 @@ fn kill_9_during_mid_epoch_checkpoints_resumes_exactly() {
     let a = Checkpoint::read(&straight.path().join("checkpoint.safetensors")).unwrap();
     let b = Checkpoint::read(&ck).unwrap();
     assert_same_state(&a, &b);
+}
+
+#[test]
+fn resume_auto_never_starts_over_a_broken_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("checkpoint.safetensors");
+    std::fs::write(&ck, b"not a checkpoint").unwrap();
+    let out = imgtrain()
+        .arg(dataset())
+        .args(RESNET)
+        .args(["--resume", "auto", "--output_dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(!out.status.success(), "{o}");
+    assert!(!o.contains("Epoch: ["), "{o}");
+    assert!(
+        e.starts_with(&format!("imgtrain: error: checkpoint {}", ck.display())),
+        "{e}"
+    );
+    // The broken file is still there for a human to look at.
+    assert_eq!(std::fs::read(&ck).unwrap(), b"not a checkpoint");
 }
