@@ -384,6 +384,12 @@ fn print_summary(s: &RunSummary, evaluate: bool) {
         println!("best:       {}", p.display());
     }
     println!("seed: {}", s.seed);
+    if let Some((epoch, step)) = s.stopped {
+        println!(
+            "stopped by a signal at epoch {epoch}, step {step}: the same command with --resume auto \
+             continues there"
+        );
+    }
 }
 
 fn run(cfg: &TrainConfig) -> anyhow::Result<()> {

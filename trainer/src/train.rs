@@ -269,6 +269,34 @@ fn build_feeds(
     Ok((train, val))
 }
 
+/// The metadata of a checkpoint of `trainer` from which a run resumes at `epoch` (at `position` in it,
+/// for one written mid-epoch); `val` is the last validation's top-1 and top-5.
+fn checkpoint_meta(
+    cfg: &TrainConfig,
+    plan: &Plan,
+    classes: &[String],
+    trainer: &Trainer,
+    epoch: u64,
+    val: (f64, f64),
+    position: Option<Position>,
+) -> Meta {
+    Meta {
+        arch: plan.arch.clone(),
+        classes: classes.to_vec(),
+        epoch,
+        global_step: trainer.global_step,
+        best_acc1: trainer.best_acc1,
+        acc1: val.0,
+        acc5: val.1,
+        recipe: plan.recipe,
+        lr: trainer.lr,
+        seed: plan.seed,
+        scaler: trainer.scaler(),
+        args: cfg.args.clone(),
+        position,
+    }
+}
+
 /// Trains (or, with `evaluate`, only evaluates) as `cfg` says. Every input is checked before the first
 /// step: the data, the output folder, the checkpoint and the model.
 pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
@@ -477,21 +505,15 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             if !lead {
                 return Ok(());
             }
-            let meta = Meta {
-                arch: plan.arch.clone(),
-                classes: classes.clone(),
+            let meta = checkpoint_meta(
+                cfg,
+                &plan,
+                &classes,
+                trainer,
                 epoch,
-                global_step: trainer.global_step,
-                best_acc1: trainer.best_acc1,
-                acc1: last_val.0,
-                acc5: last_val.1,
-                recipe: plan.recipe,
-                lr: trainer.lr,
-                seed,
-                scaler: trainer.scaler(),
-                args: cfg.args.clone(),
-                position: Some(position),
-            };
+                last_val,
+                Some(position),
+            );
             let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
             checkpoint::write_atomic(&checkpoint_path, &bytes)?;
             println!(
@@ -532,21 +554,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         let is_best = v.acc1 > trainer.best_acc1;
         trainer.best_acc1 = trainer.best_acc1.max(v.acc1);
         trainer.record_epoch(epoch, &t, &v)?;
-        let meta = Meta {
-            arch: plan.arch.clone(),
-            classes: classes.clone(),
-            epoch: epoch + 1,
-            global_step: trainer.global_step,
-            best_acc1: trainer.best_acc1,
-            acc1: v.acc1,
-            acc5: v.acc5,
-            recipe: plan.recipe,
-            lr: trainer.lr,
-            seed,
-            scaler: trainer.scaler(),
-            args: cfg.args.clone(),
-            position: None,
-        };
+        let meta = checkpoint_meta(cfg, &plan, &classes, &trainer, epoch + 1, last_val, None);
         summary.epochs_run += 1;
         summary.next_epoch = epoch + 1;
         summary.acc1 = v.acc1;
