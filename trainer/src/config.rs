@@ -67,6 +67,9 @@ pub struct TrainConfig {
     pub check_replicas: Option<u64>,
     /// Log the run's records to Weights & Biases too (`--enable_wandb`); `None`: no W&B.
     pub wandb: Option<crate::wandb::WandbConfig>,
+    /// With `--evaluate`: write each validation image's label and top-5 classes to this CSV file
+    /// (`--dump-predictions`, see [`crate::predictions`]).
+    pub dump_predictions: Option<PathBuf>,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -328,6 +331,22 @@ impl TrainConfig {
         self.dist.validate()?;
         if self.check_replicas == Some(0) {
             return bad("--check-replicas", "must be at least 1 (steps)".into());
+        }
+        if self.dump_predictions.is_some() {
+            if !self.evaluate {
+                return bad(
+                    crate::predictions::FLAG,
+                    "only with -e/--evaluate: predictions are of one evaluation of a model, not of \
+                     every epoch of a training run"
+                        .into(),
+                );
+            }
+            if self.dummy {
+                return bad(
+                    crate::predictions::FLAG,
+                    "needs a dataset: --dummy images have no names and random labels".into(),
+                );
+            }
         }
         if self.pretrained.as_deref() == Some(Path::new("")) {
             return bad(

@@ -268,6 +268,8 @@ pub struct DeviceBatch {
     pub images: Tensor,
     pub labels: Tensor,
     pub len: usize,
+    /// Each sample's index in the split (none for `--dummy` batches).
+    pub indices: Vec<usize>,
     hold: Option<Hold>,
 }
 
@@ -412,6 +414,14 @@ impl Feed {
         }
     }
 
+    /// The split the batches come from (none for `--dummy`).
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
+        match &self.origin {
+            Origin::Loader(l) => Some(l.source()),
+            Origin::Dummy { .. } => None,
+        }
+    }
+
     /// Samples whose JPEG decoded with libjpeg warnings, over the loader's life.
     pub fn warned_samples(&self) -> usize {
         match &self.origin {
@@ -490,6 +500,7 @@ impl FeedEpoch<'_> {
                     images: feed.normalizer.normalize(&pixels)?,
                     labels,
                     len: n as usize,
+                    indices: Vec::new(),
                     hold: None,
                 }))
             }
@@ -502,6 +513,7 @@ impl FeedEpoch<'_> {
         let feed = self.feed;
         let (h, w) = batch.size;
         let len = batch.len;
+        let indices = batch.indices.clone();
         // From here on an early return waits for the copies before the batch goes back.
         let mut hold = Hold::new(batch, feed.copy_stream);
         let batch = hold.batch.as_ref().expect("just set");
@@ -515,6 +527,7 @@ impl FeedEpoch<'_> {
                 images,
                 labels,
                 len,
+                indices,
                 hold: Some(hold),
             });
         };
@@ -538,6 +551,7 @@ impl FeedEpoch<'_> {
             images: feed.normalizer.normalize(&pixels)?,
             labels,
             len,
+            indices,
             hold: Some(hold),
         })
     }

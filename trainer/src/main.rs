@@ -219,6 +219,15 @@ struct Args {
         requires = "enable_wandb"
     )]
     wandb_name: Option<String>,
+    /// With -e: write one CSV row per validation image (name, label, top-5 classes with probabilities)
+    /// to FILE, each image once, also in a distributed run. Bad images left out of the evaluation have
+    /// no row.
+    #[arg(
+        long = "dump-predictions",
+        visible_alias = "dump_predictions",
+        value_name = "FILE.csv"
+    )]
+    dump_predictions: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -309,6 +318,7 @@ impl Args {
                     .unwrap_or_else(|| imgtrain::wandb::DEFAULT_PROJECT.to_owned()),
                 name: self.wandb_name,
             }),
+            dump_predictions: self.dump_predictions,
             args: argv,
         }
     }

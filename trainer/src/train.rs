@@ -18,6 +18,7 @@ use crate::dist::{self, ProcessGroup};
 use crate::error::{Result, TrainError};
 use crate::feed::{Feed, FeedOptions, Normalizer};
 use crate::models;
+use crate::predictions;
 use crate::trainer::Trainer;
 
 /// File name of the checkpoint written after every epoch.
@@ -276,6 +277,10 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         }
         None => None,
     };
+    if let Some(path) = &cfg.dump_predictions {
+        // Before any data is read: a file that cannot be written costs no evaluation.
+        predictions::prepare(path, group.as_deref())?;
+    }
     let splits = open_splits(cfg)?;
     let classes = splits.classes.clone();
     let checkpoint = read_checkpoint(cfg, &classes)?;
@@ -341,6 +346,9 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         println!("=> loading checkpoint '{}'", ck.path.display());
     }
     let mut trainer = Trainer::new(&plan, vs, model, checkpoint.as_ref(), group.clone())?;
+    if cfg.dump_predictions.is_some() {
+        trainer.keep_predictions();
+    }
     if let Some(log) = records {
         trainer.set_metrics(log);
     }
@@ -391,6 +399,14 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     if cfg.evaluate {
         manual_seed(epoch_seed(seed, start_epoch));
         let v = trainer.validate(&val_feed, start_epoch)?;
+        if let Some(path) = &cfg.dump_predictions {
+            let source = val_feed.source().expect("a dataset: --dummy is refused");
+            let written =
+                predictions::dump(path, &**source, &v.predictions, v.images, group.as_deref())?;
+            if let Some(rows) = written {
+                println!("=> wrote {rows} predictions to {}", path.display());
+            }
+        }
         summary.acc1 = v.acc1;
         summary.acc5 = v.acc5;
         summary.val_images = v.images;

@@ -30,6 +30,7 @@ use crate::meter::{AverageMeter, Fmt, progress_line};
 use crate::metrics::{EpochRecord, MetricsLog, Progress, Record};
 use crate::models::Model;
 use crate::optim::Sgd;
+use crate::predictions::{self, Prediction};
 use crate::schedule::Schedule;
 
 /// A step's numbers on their way to the host: loss, top-1 and top-5 hits (and, for fp16, the gradient
@@ -315,6 +316,9 @@ pub struct ValStats {
     pub expected: u64,
     /// Bad images left out (name and error).
     pub left_out: Vec<String>,
+    /// This rank's images with their top classes, when the trainer keeps them
+    /// ([`Trainer::keep_predictions`]); the left-out ones have none.
+    pub predictions: Vec<Prediction>,
 }
 
 /// One process's model, optimizer and progress.
@@ -341,6 +345,8 @@ pub struct Trainer {
     metrics: Option<MetricsLog>,
     /// The rank's process group and reducer, in a distributed run.
     dp: Option<DataParallel>,
+    /// Validation also returns each image's top classes (`--dump-predictions`).
+    keep_predictions: bool,
 }
 
 /// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
@@ -472,12 +478,19 @@ impl Trainer {
             lr,
             metrics: None,
             dp,
+            keep_predictions: false,
         })
     }
 
     /// Sends progress records to `log` (and epoch records, through [`Trainer::metrics`]) from now on.
     pub fn set_metrics(&mut self, log: MetricsLog) {
         self.metrics = Some(log);
+    }
+
+    /// Makes validation return each image's top classes with their probabilities
+    /// ([`ValStats::predictions`]).
+    pub fn keep_predictions(&mut self) {
+        self.keep_predictions = true;
     }
 
     /// Records a finished epoch in the metrics files, if the run keeps them: before its checkpoint, so
@@ -816,6 +829,7 @@ impl Trainer {
             images: 0,
             bad: 0,
         };
+        let mut predictions = Vec::new();
         let finish = |rb: Readback, m: &mut Meters, clock: &mut EpochClock| -> Result<()> {
             let (host, n, k) = rb.read()?;
             let stats = StepStats {
@@ -843,6 +857,9 @@ impl Trainer {
                 || format!("evaluating batch {k}"),
                 || self.forward_loss(&batch, false),
             )?;
+            if self.keep_predictions {
+                predictions.extend(predictions::top_classes(&logits, &batch.indices)?);
+            }
             let rb = self.queue_stats(&logits, batch, &loss, None, (epoch, k))?;
             clock.bad = batches.bad.len();
             if let Some(p) = pending.push(rb) {
@@ -904,6 +921,7 @@ impl Trainer {
             images,
             expected,
             left_out,
+            predictions,
         })
     }
 }

@@ -5,6 +5,7 @@ mod dist;
 mod layouts;
 mod metrics;
 mod models;
+mod predictions;
 mod support;
 mod train;
 mod train_optim;
