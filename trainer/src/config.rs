@@ -70,6 +70,8 @@ pub struct TrainConfig {
     /// With `--evaluate`: write each validation image's label and top-5 classes to this CSV file
     /// (`--dump-predictions`, see [`crate::predictions`]).
     pub dump_predictions: Option<PathBuf>,
+    /// How much the run prints (`--quiet`, `--verbose`).
+    pub verbosity: crate::console::Verbosity,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }

@@ -15,6 +15,7 @@ pub mod amp;
 pub mod bridge;
 pub mod checkpoint;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod device;
 pub mod dist;

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
 use imgtrain::config::RecipeFlags;
+use imgtrain::console::Verbosity;
 use imgtrain::dist::{Backend, DistFlags};
 use imgtrain::schedule::LrSchedule;
 use imgtrain::wandb::WandbConfig;
@@ -228,6 +229,13 @@ struct Args {
         value_name = "FILE.csv"
     )]
     dump_predictions: Option<PathBuf>,
+    /// Print only errors, the epoch summaries and the final summary: no step lines, no progress bars.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print debug details: the resolved plan, the loaders' settings, and the loader's own events
+    /// (RUST_LOG filters those further).
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -319,6 +327,13 @@ impl Args {
                 name: self.wandb_name,
             }),
             dump_predictions: self.dump_predictions,
+            verbosity: if self.quiet {
+                Verbosity::Quiet
+            } else if self.verbose {
+                Verbosity::Verbose
+            } else {
+                Verbosity::Normal
+            },
             args: argv,
         }
     }

@@ -23,6 +23,7 @@ use crate::amp::{self, Amp, LossScaler};
 use crate::bridge::{self, CudaEvent, CudaStream, SyncCounter};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Plan, Recipe};
+use crate::console::{Console, StepStatus};
 use crate::dist::{BUCKET_CAP_BYTES, ProcessGroup, ReduceOp, Reducer};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::feed::{DeviceBatch, Feed, Hold};
@@ -347,6 +348,8 @@ pub struct Trainer {
     dp: Option<DataParallel>,
     /// Validation also returns each image's top classes (`--dump-predictions`).
     keep_predictions: bool,
+    /// Where the progress lines and bars go.
+    console: Rc<Console>,
 }
 
 /// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
@@ -359,6 +362,18 @@ struct EpochClock {
 }
 
 impl EpochClock {
+    /// Where the epoch is after `step` steps, for its progress bar.
+    fn status(&self, m: &Meters, step: usize, train: bool) -> StepStatus {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        StepStatus {
+            step,
+            loss: m.loss.avg(),
+            top1: m.top1.avg(),
+            images_per_sec: self.images as f64 / secs,
+            data_wait: train.then(|| self.waited.as_secs_f64() / secs),
+        }
+    }
+
     fn progress(
         &self,
         m: &Meters,
@@ -479,12 +494,18 @@ impl Trainer {
             metrics: None,
             dp,
             keep_predictions: false,
+            console: Rc::new(Console::plain()),
         })
     }
 
     /// Sends progress records to `log` (and epoch records, through [`Trainer::metrics`]) from now on.
     pub fn set_metrics(&mut self, log: MetricsLog) {
         self.metrics = Some(log);
+    }
+
+    /// Prints through `console` from now on (`--quiet`, `--verbose`, progress bars).
+    pub fn set_console(&mut self, console: Rc<Console>) {
+        self.console = console;
     }
 
     /// Makes validation return each image's top classes with their probabilities
@@ -672,8 +693,9 @@ impl Trainer {
         let stats = check_loss(&host, epoch, k, global_step)?;
         m.record(n, &stats);
         clock.images += n as u64;
+        self.console.step(&clock.status(m, k + 1, true));
         if k % self.print_freq == 0 {
-            println!("{}", m.line(prefix, k + 1, steps));
+            self.console.step_line(m.line(prefix, k + 1, steps));
             if let Some(log) = &self.metrics {
                 let lr = self.schedule.lr(epoch, k, steps);
                 let p = clock.progress(m, (epoch, k + 1, steps), global_step + 1, lr, true);
@@ -706,6 +728,7 @@ impl Trainer {
         };
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
+        self.console.begin_epoch(format!("train {epoch}"), steps);
         // libtorch's own count of synchronising calls on this thread (CUDA builds with the headers only).
         let syncs = self.cuda.as_ref().and_then(|_| SyncCounter::start().ok());
         let syncs_before = syncs.as_ref().and_then(|c| c.count().ok());
@@ -722,7 +745,8 @@ impl Trainer {
                 .skip(reported)
                 .take(3_usize.saturating_sub(reported))
             {
-                println!("=> bad sample replaced: {bad}");
+                self.console
+                    .info(format_args!("=> bad sample replaced: {bad}"));
             }
             reported = batches.bad.len();
             clock.bad = reported;
@@ -798,7 +822,7 @@ impl Trainer {
                 s.scale, s.skipped_total
             );
         }
-        println!("{line}");
+        self.console.summary(line);
         Ok(EpochStats {
             images,
             seconds,
@@ -821,6 +845,7 @@ impl Trainer {
             dp.sync_buffers()?;
         }
         let mut batches = feed.epoch(epoch);
+        self.console.begin_epoch(format!("val {epoch}"), steps);
         let _no_grad = tch::no_grad_guard();
         let mut pending = Lagged::new(self.cuda.is_some());
         let mut clock = EpochClock {
@@ -839,8 +864,9 @@ impl Trainer {
             };
             m.record(n, &stats);
             clock.images += n as u64;
+            self.console.step(&clock.status(m, k + 1, false));
             if k % self.print_freq == 0 {
-                println!("{}", m.line("Test: ", k + 1, steps));
+                self.console.step_line(m.line("Test: ", k + 1, steps));
                 if let Some(log) = &self.metrics {
                     let p =
                         clock.progress(m, (epoch, k + 1, steps), self.global_step, self.lr, false);
@@ -881,7 +907,9 @@ impl Trainer {
                         dp.group.rank()
                     );
                 }
-                _ => println!("=> val image left out: {bad}"),
+                _ => self
+                    .console
+                    .info(format_args!("=> val image left out: {bad}")),
             }
         }
         let mut left_out_count = left_out.len();
@@ -896,23 +924,27 @@ impl Trainer {
             (images, expected, left_out_count) =
                 (total[0] as u64, total[1] as u64, total[2] as usize);
             if left_out_count > left_out.len() {
-                println!(
+                self.console.info(format_args!(
                     "=> {} more val image(s) left out on other ranks (each rank names its own on \
                      standard error)",
                     left_out_count - left_out.len()
-                );
+                ));
             }
         }
         let (top1, top5) = (&m.top1, &m.top5);
         if left_out_count == 0 {
-            println!(" * Acc@1 {:.3} Acc@5 {:.3}", top1.avg(), top5.avg());
+            self.console.summary(format_args!(
+                " * Acc@1 {:.3} Acc@5 {:.3}",
+                top1.avg(),
+                top5.avg()
+            ));
         } else {
-            println!(
+            self.console.summary(format_args!(
                 " * Acc@1 {:.3} Acc@5 {:.3} over {images} of {expected} images ({left_out_count} bad image(s) \
                  left out)",
                 top1.avg(),
                 top5.avg(),
-            );
+            ));
         }
         Ok(ValStats {
             loss: m.loss.avg(),

@@ -1,6 +1,7 @@
 //! The trainer's integration tests, in one binary (one link instead of one per file).
 
 mod cli;
+mod console;
 mod dist;
 mod layouts;
 mod metrics;
