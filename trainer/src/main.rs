@@ -404,8 +404,23 @@ fn run(cfg: &TrainConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The loader's events (`tracing`) on stderr: as RUST_LOG asks (default: warnings only), and with
+/// `--verbose` imgloader's debug events too.
+fn init_tracing(verbose: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if verbose {
+        filter = filter.add_directive("imgloader=debug".parse().expect("a valid directive"));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_tracing(args.verbose);
     if args.data.is_none() && args.data_positional.is_none() && !args.dummy {
         return match device_check(args.gpu) {
             Ok(()) => ExitCode::SUCCESS,

@@ -38,7 +38,18 @@ fn default_and_verbose_output() {
     assert!(!o.contains("=> debug: "), "{o}");
     assert!(!e.contains('\r'), "a progress bar without a terminal:\n{e}");
 
-    let (v, _) = run(Some("--verbose"));
+    assert!(!e.contains("loader built"), "{e}");
+
+    let (v, ve) = run(Some("--verbose"));
+    // The loader's own events, through the tracing subscriber, on standard error.
+    assert!(
+        ve.contains("imgloader") && ve.contains("loader built"),
+        "{ve}"
+    );
+    assert!(
+        ve.contains("samples=16") && ve.contains("epoch started"),
+        "{ve}"
+    );
     assert!(v.contains("Epoch: [0][1/2]\tTime "), "{v}");
     assert!(v.contains("=> debug: plan: resnet18 on "), "{v}");
     assert!(
