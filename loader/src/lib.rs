@@ -25,6 +25,13 @@
 //!
 //! The same (seed, epoch, rank, world) gives the same batches whatever the number of threads: each sample's
 //! randomness is a pure function of (seed, epoch, index) ([`sample_rng`]).
+//!
+//! What the loader does is told through [`tracing`] events, for whichever subscriber the program installs
+//! (the crate installs none): `loader built` (info: the source, sample count, threads, batch size, sampler,
+//! rank and world), `epoch started` and `dataset opened` (debug), `bad sample replaced` / `bad sample left
+//! out` (info, with the sample's name and error) and `index rebuilt` (info, with the reason). None is
+//! emitted per sample that loads fine. With `tracing-subscriber`:
+//! `tracing_subscriber::fmt().with_env_filter("imgloader=debug").init()`.
 
 pub mod atomic;
 pub mod augment;

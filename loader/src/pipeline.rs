@@ -295,6 +295,22 @@ impl<A: Allocator> LoaderBuilder<A> {
             Worker::new(decode.clone(), &transform)
         })?;
         let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded();
+        tracing::info!(
+            source = ?self.source,
+            samples = self.source.len(),
+            classes = self.source.classes().len(),
+            threads = config.threads,
+            batch_size = config.batch_size,
+            sampler = order.name(),
+            rank = config.rank,
+            world = config.world,
+            per_epoch = order.len(),
+            shuffle = config.shuffle,
+            drop_last = config.drop_last,
+            bad_samples = ?config.bad,
+            transform = ?config.transform,
+            "loader built"
+        );
         Ok(Loader {
             shared: Arc::new(Shared {
                 source: self.source.clone(),
@@ -336,6 +352,14 @@ impl Order {
             .map(Order::Distributed)
         } else {
             PartitionSampler::new(len, config.rank, config.world).map(Order::Partition)
+        }
+    }
+
+    /// For the "loader built" event.
+    fn name(&self) -> &'static str {
+        match self {
+            Order::Distributed(_) => "distributed",
+            Order::Partition(_) => "partition",
         }
     }
 
@@ -497,6 +521,12 @@ impl<A: Allocator> Loader<A> {
             .chunks(c.batch_size)
             .map(<[usize]>::to_vec)
             .collect();
+        tracing::debug!(
+            epoch,
+            batches = batches.len(),
+            samples = batches.iter().map(Vec::len).sum::<usize>(),
+            "epoch started"
+        );
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         Epoch {
             loader: self,
@@ -831,6 +861,7 @@ fn fill_slot(
     };
     count_bad()?;
     if let BadSamples::Omit { .. } = c.bad {
+        tracing::info!(index, sample = %bad.error, "bad sample left out");
         return Ok(Slot {
             used: None,
             bad: Some(bad),
@@ -844,6 +875,7 @@ fn fill_slot(
         // which sample failed before it.
         match process(shared, worker, epoch, index, substitute, out) {
             Ok(()) => {
+                tracing::info!(index, substitute, sample = %bad.error, "bad sample replaced");
                 return Ok(Slot {
                     used: Some((shared.source.label(substitute), substitute)),
                     bad: Some(bad),

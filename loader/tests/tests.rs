@@ -3,6 +3,7 @@
 mod augment;
 mod decode;
 mod decode_pool;
+mod events;
 mod fuzz;
 mod pipeline;
 mod sampler;

@@ -73,6 +73,11 @@ pub struct TrainConfig {
     pub log_samples: bool,
     /// Log the run's records to Weights & Biases too (`--enable_wandb`); `None`: no W&B.
     pub wandb: Option<crate::wandb::WandbConfig>,
+    /// With `--evaluate`: write each validation image's label and top-5 classes to this CSV file
+    /// (`--dump-predictions`, see [`crate::predictions`]).
+    pub dump_predictions: Option<PathBuf>,
+    /// How much the run prints (`--quiet`, `--verbose`).
+    pub verbosity: crate::console::Verbosity,
     /// The command line, recorded in checkpoints.
     pub args: Vec<String>,
 }
@@ -337,6 +342,22 @@ impl TrainConfig {
         }
         if self.checkpoint_every == Some(0) {
             return bad("--checkpoint-every", "must be at least 1 (steps)".into());
+        }
+        if self.dump_predictions.is_some() {
+            if !self.evaluate {
+                return bad(
+                    crate::predictions::FLAG,
+                    "only with -e/--evaluate: predictions are of one evaluation of a model, not of \
+                     every epoch of a training run"
+                        .into(),
+                );
+            }
+            if self.dummy {
+                return bad(
+                    crate::predictions::FLAG,
+                    "needs a dataset: --dummy images have no names and random labels".into(),
+                );
+            }
         }
         if self.pretrained.as_deref() == Some(Path::new("")) {
             return bad(

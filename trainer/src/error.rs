@@ -62,6 +62,14 @@ pub enum TrainError {
     /// `wandb` package, or the sidecar does not start.
     #[error("--enable_wandb: {}: {reason}", python.display())]
     Wandb { python: PathBuf, reason: String },
+    /// `--dump-predictions FILE` cannot be written, or the ranks' predictions do not add up.
+    #[error("--dump-predictions {}: {reason}", path.display())]
+    Predictions {
+        path: PathBuf,
+        reason: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     /// A checkpoint cannot be read, is not ours, or does not fit the model.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },

@@ -268,7 +268,7 @@ pub struct DeviceBatch {
     pub images: Tensor,
     pub labels: Tensor,
     pub len: usize,
-    /// The source index of each sample (none for `--dummy` batches).
+    /// Each sample's index in the split (none for `--dummy` batches).
     pub indices: Vec<usize>,
     hold: Option<Hold>,
 }
@@ -318,6 +318,8 @@ pub struct Feed {
     device: Device,
     /// CUDA: the stream host-to-device copies go on, so that they overlap the compute stream's work.
     copy_stream: Option<CudaStream>,
+    /// How the batches are made, for `--verbose`.
+    settings: String,
 }
 
 /// How a feed reads its split.
@@ -345,6 +347,20 @@ impl Feed {
         normalizer: Normalizer,
     ) -> Result<Feed> {
         let device = normalizer.device;
+        let settings = format!(
+            "{} samples from {}, batches of {}, {} thread(s), rank {} of {}, seed {}, bad samples {:?}, \
+             {:?}, {:?}",
+            source.len(),
+            path.display(),
+            opts.batch_size,
+            opts.workers,
+            opts.rank,
+            opts.world,
+            opts.seed,
+            opts.bad_samples,
+            opts.transform,
+            opts.decode
+        );
         let mut builder = Loader::builder(source);
         builder
             .batch_size(opts.batch_size)
@@ -372,6 +388,7 @@ impl Feed {
             normalizer,
             device,
             copy_stream,
+            settings,
         })
     }
 
@@ -388,6 +405,9 @@ impl Feed {
             split,
             device: normalizer.device,
             copy_stream: None,
+            settings: format!(
+                "--dummy: {samples} random images of {size} px in batches of {batch}, {classes} classes"
+            ),
             origin: Origin::Dummy {
                 samples,
                 batch,
@@ -419,6 +439,19 @@ impl Feed {
         match &self.origin {
             Origin::Loader(l) => l.samples_per_epoch(),
             Origin::Dummy { samples, .. } => *samples,
+        }
+    }
+
+    /// The split's name and how its batches are made (source, batch size, threads, share, policies).
+    pub fn describe(&self) -> String {
+        format!("{} loader: {}", self.split, self.settings)
+    }
+
+    /// The split the batches come from (none for `--dummy`).
+    pub fn source(&self) -> Option<&Arc<dyn Source>> {
+        match &self.origin {
+            Origin::Loader(l) => Some(l.source()),
+            Origin::Dummy { .. } => None,
         }
     }
 

@@ -9,12 +9,13 @@
 //! [`trainer`] (model, optimizer and the train/validate loops), [`checkpoint`], and the run's
 //! records in its output folder: [`metrics`] (`metrics.jsonl`, `summary.csv`, and the same numbers as
 //! [`tensorboard`] event files and, with `--enable_wandb`, in Weights & Biases through [`wandb`]) and
-//! [`run_info`] (`run.json`).
+//! [`run_info`] (`run.json`); and, for an evaluation, [`predictions`] (`--dump-predictions`).
 
 pub mod amp;
 pub mod bridge;
 pub mod checkpoint;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod device;
 pub mod dist;
@@ -25,6 +26,7 @@ pub mod meter;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod predictions;
 pub mod run_info;
 pub mod samples;
 pub mod schedule;

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use imgloader::decode::JpegBackend;
 use imgtrain::amp::Amp;
 use imgtrain::config::RecipeFlags;
+use imgtrain::console::Verbosity;
 use imgtrain::dist::{Backend, DistFlags};
 use imgtrain::schedule::LrSchedule;
 use imgtrain::wandb::WandbConfig;
@@ -233,6 +234,22 @@ struct Args {
         requires = "enable_wandb"
     )]
     wandb_name: Option<String>,
+    /// With -e: write one CSV row per validation image (name, label, top-5 classes with probabilities)
+    /// to FILE, each image once, also in a distributed run. Bad images left out of the evaluation have
+    /// no row.
+    #[arg(
+        long = "dump-predictions",
+        visible_alias = "dump_predictions",
+        value_name = "FILE.csv"
+    )]
+    dump_predictions: Option<PathBuf>,
+    /// Print only errors, the epoch summaries and the final summary: no step lines, no progress bars.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print debug details: the resolved plan, the loaders' settings, and the loader's own events
+    /// (RUST_LOG filters those further).
+    #[arg(short = 'v', long)]
+    verbose: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -326,6 +343,14 @@ impl Args {
                     .unwrap_or_else(|| imgtrain::wandb::DEFAULT_PROJECT.to_owned()),
                 name: self.wandb_name,
             }),
+            dump_predictions: self.dump_predictions,
+            verbosity: if self.quiet {
+                Verbosity::Quiet
+            } else if self.verbose {
+                Verbosity::Verbose
+            } else {
+                Verbosity::Normal
+            },
             args: argv,
         }
     }
@@ -402,8 +427,23 @@ fn run(cfg: &TrainConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The loader's events (`tracing`) on stderr: as RUST_LOG asks (default: warnings only), and with
+/// `--verbose` imgloader's debug events too.
+fn init_tracing(verbose: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    if verbose {
+        filter = filter.add_directive("imgloader=debug".parse().expect("a valid directive"));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_tracing(args.verbose);
     if args.data.is_none() && args.data_positional.is_none() && !args.dummy {
         return match device_check(args.gpu) {
             Ok(()) => ExitCode::SUCCESS,

@@ -12,12 +12,14 @@ use tch::{Cuda, Device};
 use crate::amp;
 use crate::checkpoint::{self, Checkpoint, Meta, Position};
 use crate::config::{Plan, TrainConfig};
+use crate::console::Console;
 use crate::data::{self, Subset};
 use crate::device;
 use crate::dist::{self, ProcessGroup};
 use crate::error::{Result, TrainError};
 use crate::feed::{Feed, FeedOptions, Normalizer};
 use crate::models;
+use crate::predictions;
 use crate::samples::SampleLog;
 use crate::trainer::{EpochControl, EpochEnd, StopFlag, Trainer};
 
@@ -111,7 +113,7 @@ struct Splits {
 }
 
 /// Opens every split the run needs, and checks that train and val have the same classes.
-fn open_splits(cfg: &TrainConfig) -> Result<Splits> {
+fn open_splits(cfg: &TrainConfig, console: &Console) -> Result<Splits> {
     if cfg.dummy {
         return Ok(Splits {
             train: None,
@@ -128,7 +130,7 @@ fn open_splits(cfg: &TrainConfig) -> Result<Splits> {
     // have the same classes.
     let found = data::open_dataset(data, &labels, !cfg.evaluate)?;
     for line in found.log_lines() {
-        println!("=> {line}");
+        console.info(format_args!("=> {line}"));
     }
     let limit = |s: data::OpenedSplit, n: Option<usize>| match n {
         Some(n) => (s.path, Subset::spread(s.source, n)),
@@ -303,6 +305,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     cfg.validate()?;
     let rank = cfg.dist.resolve(&dist::process_env, Cuda::is_available())?;
     let lead = rank.as_ref().is_none_or(|r| r.rank == 0);
+    let console = Rc::new(Console::new(cfg.verbosity, lead));
     if !lead {
         // Only rank 0 prints progress; every rank's errors still go to standard error.
         dist::silence_stdout().map_err(|e| TrainError::Config {
@@ -326,7 +329,7 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     // Meet the other ranks first: a rendezvous that fails says so before any data is read.
     let group = match &rank {
         Some(r) => {
-            println!(
+            console.info(format_args!(
                 "=> rank {} of {}: joining the {} process group at {}:{} (timeout {} s)",
                 r.rank,
                 r.world,
@@ -334,12 +337,16 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
                 r.host,
                 r.port,
                 r.timeout.as_secs_f64()
-            );
+            ));
             Some(Rc::new(ProcessGroup::join(r, info.device)?))
         }
         None => None,
     };
-    let splits = open_splits(cfg)?;
+    if let Some(path) = &cfg.dump_predictions {
+        // Before any data is read: a file that cannot be written costs no evaluation.
+        predictions::prepare(path, group.as_deref())?;
+    }
+    let splits = open_splits(cfg, &console)?;
     let classes = splits.classes.clone();
     let resume = resume_path(cfg);
     let checkpoint = read_checkpoint(cfg, resume.as_deref(), &classes)?;
@@ -357,28 +364,28 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
         None
     };
 
-    println!(
+    console.info(format_args!(
         "imgtrain {}: libtorch {}, device {info}, amp {}, channels_last {}",
         env!("CARGO_PKG_VERSION"),
         crate::LIBTORCH_VERSION,
         plan.amp.name(),
         if plan.channels_last { "on" } else { "off" }
-    );
+    ));
     info.smoke_test()?;
     if plan.cuda() {
         Cuda::cudnn_set_benchmark(true);
         amp::set_cuda_autocast_dtype(plan.amp)?;
         if cfg.seed.is_some() {
-            println!(
+            console.info(format_args!(
                 "=> note: --seed fixes the data order and initial weights; CUDA runs are still not \
                  bit-reproducible (cuDNN benchmark picks kernels by timing)"
-            );
+            ));
         }
     }
 
     let seed = plan.seed;
     manual_seed(seed);
-    println!("=> creating model '{}'", plan.arch);
+    console.info(format_args!("=> creating model '{}'", plan.arch));
     let mut vs = VarStore::new(info.device);
     let model = models::build_with(
         &plan.arch,
@@ -395,22 +402,29 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     })?;
     if let Some(path) = &cfg.pretrained {
         let report = models::load_pretrained(&mut vs, path)?;
-        println!(
+        console.info(format_args!(
             "=> using pre-trained weights {} ({} tensors)",
             path.display(),
             report.loaded
-        );
+        ));
     }
     if let Some(ck) = &checkpoint {
-        println!("=> loading checkpoint '{}'", ck.path.display());
+        console.info(format_args!(
+            "=> loading checkpoint '{}'",
+            ck.path.display()
+        ));
     }
     let mut trainer = Trainer::new(&plan, vs, model, checkpoint.as_ref(), group.clone())?;
+    trainer.set_console(console.clone());
+    if cfg.dump_predictions.is_some() {
+        trainer.keep_predictions();
+    }
     if let Some(log) = records {
         trainer.set_metrics(log);
     }
     if let Some(ck) = &checkpoint {
         let r = &plan.recipe;
-        println!(
+        console.info(format_args!(
             "=> loaded checkpoint '{}' (epoch {}, best Acc@1 {:.3}); recipe: lr {}, momentum {}, wd {}, \
              {:?} schedule, {} warm-up epoch(s), label smoothing {}, {} epochs",
             ck.path.display(),
@@ -423,16 +437,35 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             r.warmup_epochs,
             r.label_smoothing,
             r.epochs
-        );
+        ));
         for o in &plan.overrides {
-            println!("=> {o}");
+            console.info(format_args!("=> {o}"));
         }
     }
     if !plan.seed_chosen {
-        println!("=> seed {seed} (pass --seed {seed} to repeat this run's data order and weights)");
+        console.info(format_args!(
+            "=> seed {seed} (pass --seed {seed} to repeat this run's data order and weights)"
+        ));
     }
 
     let (train_feed, val_feed) = build_feeds(cfg, &plan, splits, classes.len())?;
+    console.debug(format_args!(
+        "plan: {} on {}, batch size {} per process, {} loader thread(s), print every {} step(s), \
+         crop {} px, val resize {} px, JPEG decoder {:?}, output {}, {:?}",
+        plan.arch,
+        plan.device,
+        plan.batch_size,
+        plan.workers,
+        plan.print_freq,
+        plan.crop_size,
+        plan.val_resize,
+        plan.jpeg,
+        plan.output_dir.display(),
+        plan.recipe
+    ));
+    for feed in train_feed.iter().chain([&val_feed]) {
+        console.debug(feed.describe());
+    }
     let start_epoch = plan.start_epoch;
     let mut summary = RunSummary {
         arch: plan.arch.clone(),
@@ -456,6 +489,17 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     if cfg.evaluate {
         manual_seed(epoch_seed(seed, start_epoch));
         let v = trainer.validate(&val_feed, start_epoch)?;
+        if let Some(path) = &cfg.dump_predictions {
+            let source = val_feed.source().expect("a dataset: --dummy is refused");
+            let written =
+                predictions::dump(path, &**source, &v.predictions, v.images, group.as_deref())?;
+            if let Some(rows) = written {
+                console.info(format_args!(
+                    "=> wrote {rows} predictions to {}",
+                    path.display()
+                ));
+            }
+        }
         summary.acc1 = v.acc1;
         summary.acc5 = v.acc5;
         summary.val_images = v.images;
@@ -468,9 +512,9 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
     let mut last_good: Option<PathBuf> = resume.clone();
     let epochs = plan.recipe.epochs;
     if start_epoch >= epochs {
-        println!(
+        console.info(format_args!(
             "=> nothing to train: the run starts at epoch {start_epoch} and --epochs is {epochs}"
-        );
+        ));
     }
     // SIGTERM or SIGINT (a cluster's preemption, Ctrl-C): finish the step, checkpoint, exit 0. A second
     // one ends the process at once.
@@ -516,12 +560,12 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             );
             let bytes = checkpoint::encode(trainer.vars(), trainer.sgd(), &meta)?;
             checkpoint::write_atomic(&checkpoint_path, &bytes)?;
-            println!(
+            console.info(format_args!(
                 "=> saved {} (epoch {epoch}, step {} of the epoch, global step {})",
                 checkpoint_path.display(),
                 position.steps,
                 trainer.global_step
-            );
+            ));
             Ok(())
         };
         let mut ctl = EpochControl {
@@ -537,12 +581,12 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
                 summary.stopped = Some((epoch, position.steps));
                 if lead {
                     summary.checkpoint = Some(checkpoint_path.clone());
-                    println!(
+                    console.info(format_args!(
                         "=> stopped by a signal after step {} of epoch {epoch}; continue with --resume {} \
                          (or --resume auto)",
                         position.steps,
                         checkpoint_path.display()
-                    );
+                    ));
                 }
                 break;
             }
@@ -571,29 +615,29 @@ pub fn run(cfg: &TrainConfig) -> Result<RunSummary> {
             if is_best {
                 checkpoint::write_atomic(&best_path, &bytes)?;
                 summary.best_checkpoint = Some(best_path.clone());
-                println!(
+                console.info(format_args!(
                     "=> saved {} (epoch {}); new best Acc@1 {:.3}: {}",
                     checkpoint_path.display(),
                     epoch + 1,
                     v.acc1,
                     best_path.display()
-                );
+                ));
             } else {
-                println!(
+                console.info(format_args!(
                     "=> saved {} (epoch {}); best Acc@1 stays {:.3}",
                     checkpoint_path.display(),
                     epoch + 1,
                     trainer.best_acc1
-                );
+                ));
             }
         }
         // A signal during validation or the checkpoint: the epoch's checkpoint is the place to stop.
         if epoch + 1 < epochs && trainer.stop_agreed(&stop)? {
             summary.stopped = Some((epoch + 1, 0));
-            println!(
+            console.info(format_args!(
                 "=> stopped by a signal after epoch {epoch}; continue with --resume {} (or --resume auto)",
                 checkpoint_path.display()
-            );
+            ));
             break;
         }
     }

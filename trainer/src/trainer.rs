@@ -23,6 +23,7 @@ use crate::amp::{self, Amp, LossScaler};
 use crate::bridge::{self, CudaEvent, CudaStream, SyncCounter};
 use crate::checkpoint::{Checkpoint, Position};
 use crate::config::{Plan, Recipe};
+use crate::console::{Console, StepStatus};
 use crate::dist::{BUCKET_CAP_BYTES, ProcessGroup, ReduceOp, Reducer};
 use crate::error::{Result, TorchContext, TrainError};
 use crate::feed::{DeviceBatch, Feed, Hold};
@@ -30,6 +31,7 @@ use crate::meter::{AverageMeter, Fmt, progress_line};
 use crate::metrics::{EpochRecord, MetricsLog, Progress, Record};
 use crate::models::Model;
 use crate::optim::Sgd;
+use crate::predictions::{self, Prediction};
 use crate::schedule::Schedule;
 
 /// A step's numbers on their way to the host: loss, top-1 and top-5 hits (and, for fp16, the gradient
@@ -364,6 +366,9 @@ pub struct ValStats {
     pub expected: u64,
     /// Bad images left out (name and error).
     pub left_out: Vec<String>,
+    /// This rank's images with their top classes, when the trainer keeps them
+    /// ([`Trainer::keep_predictions`]); the left-out ones have none.
+    pub predictions: Vec<Prediction>,
 }
 
 /// One process's model, optimizer and progress.
@@ -392,6 +397,10 @@ pub struct Trainer {
     dp: Option<DataParallel>,
     /// The run's seed (each step's random draws follow from it and the step).
     seed: u64,
+    /// Validation also returns each image's top classes (`--dump-predictions`).
+    keep_predictions: bool,
+    /// Where the progress lines and bars go.
+    console: Rc<Console>,
 }
 
 /// Where an epoch is, for the progress records: when it started, time spent waiting for data, images
@@ -404,6 +413,18 @@ struct EpochClock {
 }
 
 impl EpochClock {
+    /// Where the epoch is after `step` steps, for its progress bar.
+    fn status(&self, m: &Meters, step: usize, train: bool) -> StepStatus {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        StepStatus {
+            step,
+            loss: m.loss.avg(),
+            top1: m.top1.avg(),
+            images_per_sec: self.images as f64 / secs,
+            data_wait: train.then(|| self.waited.as_secs_f64() / secs),
+        }
+    }
+
     fn progress(
         &self,
         m: &Meters,
@@ -524,12 +545,25 @@ impl Trainer {
             metrics: None,
             dp,
             seed: plan.seed,
+            keep_predictions: false,
+            console: Rc::new(Console::plain()),
         })
     }
 
     /// Sends progress records to `log` (and epoch records, through [`Trainer::metrics`]) from now on.
     pub fn set_metrics(&mut self, log: MetricsLog) {
         self.metrics = Some(log);
+    }
+
+    /// Prints through `console` from now on (`--quiet`, `--verbose`, progress bars).
+    pub fn set_console(&mut self, console: Rc<Console>) {
+        self.console = console;
+    }
+
+    /// Makes validation return each image's top classes with their probabilities
+    /// ([`ValStats::predictions`]).
+    pub fn keep_predictions(&mut self) {
+        self.keep_predictions = true;
     }
 
     /// Records a finished epoch in the metrics files, if the run keeps them: before its checkpoint, so
@@ -711,8 +745,9 @@ impl Trainer {
         let stats = check_loss(&host, epoch, k, global_step)?;
         m.record(n, &stats);
         clock.images += n as u64;
+        self.console.step(&clock.status(m, k + 1, true));
         if k % self.print_freq == 0 {
-            println!("{}", m.line(prefix, k + 1, steps));
+            self.console.step_line(m.line(prefix, k + 1, steps));
             if let Some(log) = &self.metrics {
                 let lr = self.schedule.lr(epoch, k, steps);
                 let p = clock.progress(m, (epoch, k + 1, steps), global_step + 1, lr, true);
@@ -833,6 +868,7 @@ impl Trainer {
         }
         let mut reported = 0;
         let prefix = format!("Epoch: [{epoch}]");
+        self.console.begin_epoch(format!("train {epoch}"), steps);
         // libtorch's own count of synchronising calls on this thread (CUDA builds with the headers only).
         let syncs = self.cuda.as_ref().and_then(|_| SyncCounter::start().ok());
         let syncs_before = syncs.as_ref().and_then(|c| c.count().ok());
@@ -849,7 +885,8 @@ impl Trainer {
                 .skip(reported)
                 .take(3_usize.saturating_sub(reported))
             {
-                println!("=> bad sample replaced: {bad}");
+                self.console
+                    .info(format_args!("=> bad sample replaced: {bad}"));
             }
             reported = batches.bad.len();
             clock.bad = bad_before + reported;
@@ -954,7 +991,7 @@ impl Trainer {
                 s.scale, s.skipped_total
             );
         }
-        println!("{line}");
+        self.console.summary(line);
         Ok(EpochEnd::Done(EpochStats {
             images,
             seconds,
@@ -977,6 +1014,7 @@ impl Trainer {
             dp.sync_buffers()?;
         }
         let mut batches = feed.epoch(epoch);
+        self.console.begin_epoch(format!("val {epoch}"), steps);
         let _no_grad = tch::no_grad_guard();
         let mut pending = Lagged::new(self.cuda.is_some());
         let mut clock = EpochClock {
@@ -985,6 +1023,7 @@ impl Trainer {
             images: 0,
             bad: 0,
         };
+        let mut predictions = Vec::new();
         let finish = |rb: Readback, m: &mut Meters, clock: &mut EpochClock| -> Result<()> {
             let (host, n, k) = rb.read()?;
             let stats = StepStats {
@@ -994,8 +1033,9 @@ impl Trainer {
             };
             m.record(n, &stats);
             clock.images += n as u64;
+            self.console.step(&clock.status(m, k + 1, false));
             if k % self.print_freq == 0 {
-                println!("{}", m.line("Test: ", k + 1, steps));
+                self.console.step_line(m.line("Test: ", k + 1, steps));
                 if let Some(log) = &self.metrics {
                     let p =
                         clock.progress(m, (epoch, k + 1, steps), self.global_step, self.lr, false);
@@ -1012,6 +1052,9 @@ impl Trainer {
                 || format!("evaluating batch {k}"),
                 || self.forward_loss(&batch, false),
             )?;
+            if self.keep_predictions {
+                predictions.extend(predictions::top_classes(&logits, &batch.indices)?);
+            }
             let rb = self.queue_stats(&logits, batch, &loss, None, (epoch, k))?;
             clock.bad = batches.bad.len();
             if let Some(p) = pending.push(rb) {
@@ -1033,7 +1076,9 @@ impl Trainer {
                         dp.group.rank()
                     );
                 }
-                _ => println!("=> val image left out: {bad}"),
+                _ => self
+                    .console
+                    .info(format_args!("=> val image left out: {bad}")),
             }
         }
         let mut left_out_count = left_out.len();
@@ -1048,23 +1093,27 @@ impl Trainer {
             (images, expected, left_out_count) =
                 (total[0] as u64, total[1] as u64, total[2] as usize);
             if left_out_count > left_out.len() {
-                println!(
+                self.console.info(format_args!(
                     "=> {} more val image(s) left out on other ranks (each rank names its own on \
                      standard error)",
                     left_out_count - left_out.len()
-                );
+                ));
             }
         }
         let (top1, top5) = (&m.top1, &m.top5);
         if left_out_count == 0 {
-            println!(" * Acc@1 {:.3} Acc@5 {:.3}", top1.avg(), top5.avg());
+            self.console.summary(format_args!(
+                " * Acc@1 {:.3} Acc@5 {:.3}",
+                top1.avg(),
+                top5.avg()
+            ));
         } else {
-            println!(
+            self.console.summary(format_args!(
                 " * Acc@1 {:.3} Acc@5 {:.3} over {images} of {expected} images ({left_out_count} bad image(s) \
                  left out)",
                 top1.avg(),
                 top5.avg(),
-            );
+            ));
         }
         Ok(ValStats {
             loss: m.loss.avg(),
@@ -1073,6 +1122,7 @@ impl Trainer {
             images,
             expected,
             left_out,
+            predictions,
         })
     }
 }

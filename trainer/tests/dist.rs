@@ -13,7 +13,7 @@ use imgtrain::checkpoint::Checkpoint;
 use crate::train::{assert_same_state, dataset, imgtrain, runs, stderr, stdout};
 
 /// The flags of the small resnet18 runs here: the batch divides among 2 and 3 ranks.
-const RESNET: &[&str] = &[
+pub(crate) const RESNET: &[&str] = &[
     "--arch",
     "resnet18",
     "-b",
@@ -31,7 +31,7 @@ const RESNET: &[&str] = &[
 ];
 
 /// `--multiprocessing-distributed` with `n` Gloo processes.
-fn ranks(n: usize) -> Vec<String> {
+pub(crate) fn ranks(n: usize) -> Vec<String> {
     vec![
         "--multiprocessing-distributed".into(),
         "--nproc-per-node".into(),

@@ -740,6 +740,7 @@ pub(crate) fn obtain(
 ) -> Result<IndexData> {
     let tar = tar_file.path.as_path();
     let (size, mtime) = (tar_file.size, tar_file.mtime);
+    let notes_before = report.notes.len();
     let sidecar = sidecar_path(tar);
     let cache = cache_path(tar, opts);
     let candidates: Vec<&Path> = std::iter::once(sidecar.as_path())
@@ -779,6 +780,13 @@ pub(crate) fn obtain(
     }
     report.members_scanned += built.members;
     report.indexes_built += 1;
+    // Why: the last thing said about this tar's index files, if anything was.
+    let reason = match report.notes.get(notes_before..).and_then(<[String]>::last) {
+        Some(note) => note.as_str(),
+        None if opts.index == IndexPolicy::Rebuild => "a rebuild was asked for",
+        None => "no index file yet",
+    };
+    tracing::info!(tar = %tar.display(), members = built.members, reason, "index rebuilt");
     drop(built);
     save(tar_file, &bytes, opts, report, "built in memory");
     IndexData::parse(Bytes::Owned(bytes), size, mtime).map_err(|reason| Error::Index {

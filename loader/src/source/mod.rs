@@ -249,6 +249,16 @@ pub fn open_with_report(path: &Path, opts: &OpenOptions) -> Result<(Arc<dyn Sour
     };
     report.images = source.len();
     report.classes = source.classes().len();
+    tracing::debug!(
+        path = %path.display(),
+        samples = report.images,
+        classes = report.classes,
+        archives = report.archives,
+        indexes_loaded = report.indexes_loaded,
+        indexes_built = report.indexes_built,
+        members_scanned = report.members_scanned,
+        "dataset opened"
+    );
     Ok((source, report))
 }
 
