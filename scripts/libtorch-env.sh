@@ -17,6 +17,8 @@ IMG_CUDA_HEADERS_VERSION="13.0.*"
 IMG_TORCHVISION_VERSION="0.26.0"
 IMG_TENSORBOARD_VERSION="2.21.0"
 IMG_WANDB_VERSION="0.31.0"
+IMG_MATURIN_VERSION="1.16.0"
+IMG_PYTEST_VERSION="9.2.0"
 
 _img_say() { printf '[libtorch] %s\n' "$*" >&2; }
 _img_die() {
@@ -146,6 +148,14 @@ _img_ensure_libtorch() {
             "tensorboard==$IMG_TENSORBOARD_VERSION" "wandb==$IMG_WANDB_VERSION" "torch==$IMG_TORCH_VERSION" ||
             { _img_die "pip install tensorboard wandb failed (see above)"; return 1; }
         touch "$venv/.observability-complete"
+    fi
+    # What builds and tests the Python package (python/): maturin as its build backend, pytest.
+    if [[ ! -f "$venv/.python-package-complete" ]]; then
+        _img_say "installing maturin==$IMG_MATURIN_VERSION and pytest==$IMG_PYTEST_VERSION into $venv"
+        "$venv/bin/python" -m pip install --disable-pip-version-check -q \
+            "maturin==$IMG_MATURIN_VERSION" "pytest==$IMG_PYTEST_VERSION" ||
+            { _img_die "pip install maturin pytest failed (see above)"; return 1; }
+        touch "$venv/.python-package-complete"
     fi
     # Tests that cross-check against PIL/torchvision run this interpreter.
     export IMG_PYTHON="$venv/bin/python"

@@ -21,3 +21,16 @@ cargo clippy -p imgloader --all-targets --locked -- -D warnings
 cargo test -p imgloader --locked
 echo "== the loader's API docs (broken links are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc -p imgloader --no-deps --locked --features turbojpeg
+# The Python package: one wheel (release, libjpeg-turbo when cmake and nasm are here, as for the binaries)
+# into the reference venv, then its tests, which compare its batches with the Rust loader's.
+echo "== the Python package (python/): wheel + pytest"
+if [[ -n "${IMG_PYTHON:-}" ]]; then
+    MATURIN_PEP517_ARGS="--locked" "$IMG_PYTHON" -m pip install --disable-pip-version-check -q \
+        --no-build-isolation --force-reinstall --no-deps ./python
+    "$IMG_PYTHON" -m pytest python/tests -q -p no:cacheprovider
+elif [[ -n "${CI:-}" ]]; then
+    echo "IMG_PYTHON must be set when CI is set" >&2
+    exit 1
+else
+    echo "skipped: IMG_PYTHON not set (LIBTORCH or LIBTORCH_USE_PYTORCH given)"
+fi
