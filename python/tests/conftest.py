@@ -49,12 +49,15 @@ def dataset(tmp_path_factory):
 def rust_dump(tmp_path_factory):
     """A function (path, **settings) -> (pixels per batch, meta per batch) from the Rust loader."""
     features = ["--features", "turbojpeg"] if imgloader.build_info()["turbojpeg"] else []
-    # Release, like the wheel: the loader and its dependencies (libjpeg-turbo) are already built.
-    cmd = ["cargo", "build", "--quiet", "--release", "--locked", "-p", "imgloader", "--example", "dump_batch"]
+    # The dev profile: `cargo test` (scripts/test.sh, before this) has built the loader and its
+    # dependencies there already, so this only links the example; a release build would compile the
+    # loader's dev-dependencies again (minutes). Pixels do not depend on the optimisation level (no
+    # fast-math in Rust; the dependencies are optimised in both).
+    cmd = ["cargo", "build", "--quiet", "--locked", "-p", "imgloader", "--example", "dump_batch"]
     cmd += features
     subprocess.run(cmd, cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    exe = os.path.join(target, "release", "examples", "dump_batch")
+    exe = os.path.join(target, "debug", "examples", "dump_batch")
     out_dir = tmp_path_factory.mktemp("rust")
 
     def dump(path, crop=32, **settings):
