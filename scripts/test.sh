@@ -25,7 +25,7 @@ cargo test --workspace --locked
 echo "== the loader without libjpeg-turbo (type-checked and linted)"
 cargo clippy -p imgloader --all-targets --locked --profile test -- -D warnings
 echo "== the loader's API docs (broken links are errors)"
-RUSTDOCFLAGS="-D warnings" cargo doc -p imgloader --no-deps --locked --features turbojpeg --profile test
+RUSTDOCFLAGS="-D warnings" cargo doc -p imgloader --no-deps --locked --features turbojpeg
 # The Python package: one wheel (release, libjpeg-turbo when cmake and nasm are here, as for the binaries)
 # into the reference venv, then its tests, which compare its batches with the Rust loader's.
 echo "== the Python package (python/): wheel + pytest"

@@ -49,12 +49,11 @@ def dataset(tmp_path_factory):
 def rust_dump(tmp_path_factory):
     """A function (path, **settings) -> (pixels per batch, meta per batch) from the Rust loader."""
     features = ["--features", "turbojpeg"] if imgloader.build_info()["turbojpeg"] else []
-    # The test profile, scripts/test.sh's: the build scripts (libjpeg-turbo's cmake build) and most of
-    # the loader's dependencies are there from `cargo test` already; a release build would compile the
+    # The dev profile: `cargo test` (scripts/test.sh, before this) has built the loader and its
+    # dependencies there already, so this only links the example; a release build would compile the
     # loader's dev-dependencies again (minutes). Pixels do not depend on the optimisation level (no
-    # fast-math in Rust; the dependencies are optimised in both). Its output goes to target/debug.
-    cmd = ["cargo", "build", "--quiet", "--locked", "--profile", "test", "-p", "imgloader",
-           "--example", "dump_batch"]
+    # fast-math in Rust; the dependencies are optimised in both).
+    cmd = ["cargo", "build", "--quiet", "--locked", "-p", "imgloader", "--example", "dump_batch"]
     cmd += features
     subprocess.run(cmd, cwd=ROOT, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
