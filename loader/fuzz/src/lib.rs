@@ -199,22 +199,48 @@ fn fixture(name: &str, flat: bool) -> &'static Path {
 
 /// The bytes as the index sidecar of a valid 6-image tar: whatever they are, the opened dataset is the
 /// tar's (6 samples); a sidecar that is not the tar's own is never trusted.
+///
+/// Then the same bytes with their checksum made right (`INDEX_FORMAT.md`: the CRC-32 of bytes `0..172` and
+/// `176..` stored at 172), so that mutations get past the checksum into the records behind it. Such a file
+/// is a forgery, not damage: the checksum is what tells damage apart, and a forged sidecar that passes the
+/// checks binding it to the tar may list other members than the tar's own. What must still hold: it opens
+/// or is refused with an error, never panics, gives only labels of its classes, and every sample it lists
+/// is read or refused with an error.
 pub fn index(data: &[u8]) {
+    let source = open_with_sidecar(data).expect("a valid tar opens whatever its sidecar holds");
+    assert_eq!(source.len(), 6, "a damaged sidecar changed the dataset");
+    assert_eq!(source.classes().len(), 3);
+    walk(&*source);
+
+    const CRC_AT: usize = 172;
+    const HEADER: usize = 176;
+    if data.len() >= HEADER {
+        let mut forged = data.to_vec();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&forged[..CRC_AT]);
+        crc.update(&forged[HEADER..]);
+        forged[CRC_AT..HEADER].copy_from_slice(&crc.finalize().to_le_bytes());
+        if forged != data
+            && let Ok(source) = open_with_sidecar(&forged)
+        {
+            walk(&*source);
+        }
+    }
+}
+
+/// Opens the `index` target's tar with `bytes` as its sidecar (read, never rewritten).
+fn open_with_sidecar(bytes: &[u8]) -> imgloader::Result<std::sync::Arc<dyn Source>> {
     let dir = fixture("train.tar", false);
     let path = dir.join("train.tar");
     let mut sidecar = path.clone().into_os_string();
     sidecar.push(".idx");
-    std::fs::write(&sidecar, data).expect("write the fuzz input");
+    std::fs::write(&sidecar, bytes).expect("write the fuzz input");
     let opts = OpenOptions {
         index: IndexPolicy::ReadOnly,
         cache_dir: Some(dir.join("cache")),
         ..OpenOptions::default()
     };
-    let source =
-        imgloader::open(&path, &opts).expect("a valid tar opens whatever its sidecar holds");
-    assert_eq!(source.len(), 6, "a damaged sidecar changed the dataset");
-    assert_eq!(source.classes().len(), 3);
-    walk(&*source);
+    imgloader::open(&path, &opts)
 }
 
 /// The bytes as the labels file of a flat tar of 6 validation images (`LOC_val_solution.csv`, devkit
