@@ -21,14 +21,13 @@ import importlib.metadata
 import json
 import os
 import platform
-import resource
 import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-from torchvision_ref import open_dataset, peak_rss
+from torchvision_ref import cpu_time, open_dataset, peak_rss
 
 
 def as_is(img):
@@ -41,12 +40,6 @@ def largest_side(dataset):
         img, _ = dataset[k]
         side = max(side, *img.size)
     return side
-
-
-def cpu_time():
-    """CPU seconds of all threads of this process, ended ones included."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def main():

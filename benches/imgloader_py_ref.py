@@ -14,20 +14,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 
 import torch
 
 import imgloader
 
-from torchvision_ref import peak_rss
-
-
-def cpu_time():
-    """CPU seconds of all threads of this process, ended ones included."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+from torchvision_ref import cpu_time, peak_rss
 
 
 def main():

@@ -31,6 +31,7 @@ import io
 import json
 import os
 import platform
+import resource
 import sys
 import tarfile
 import time
@@ -134,6 +135,12 @@ def open_dataset(path, transform):
         ds = TarImageFolder(path, transform)
         return ds, ds.sizes()
     sys.exit(f"{path}: no such file or folder")
+
+
+def cpu_time():
+    """CPU seconds of all threads of this process, ended ones included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def peak_rss(pids):
